@@ -1,0 +1,1 @@
+"""bentoedge: the command line that ties ``bentos`` (build), ``cloud`` and ``edge`` together."""

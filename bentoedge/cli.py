@@ -1,0 +1,96 @@
+"""The ``bentoedge`` command: one entry point over the build, cloud and device commands.
+
+Each area keeps its own verbs beside its code (``bentos/cli.py``, ``cloud/cli.py``,
+``edge/cli.py``); this root loads a verb's module only when that verb runs, so a device
+with only ``bentoedge[edge]`` installed can run ``bentoedge agent ...`` without
+TensorFlow, BentoML or boto3, and ``--help`` stays fast.
+
+Errors bentoedge understands (``bentos.errors``) are printed as one line and exit with
+their code: 1 when a verification or quality gate failed, 2 for bad usage or input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from bentos.errors import BentoEdgeError
+
+# verb -> (module, attribute, one-line help shown in `bentoedge --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "keys": ("bentos.cli", "keys", "Create and show the local signing key and KEK."),
+    "build": ("bentos.cli", "build", "Convert, quantize, gate, encrypt and sign a model."),
+    "inspect": ("bentos.cli", "inspect", "Show a sealed model's manifest and quality report (no key needed)."),
+    "verify": ("bentos.cli", "verify", "Check a sealed model's signature and hashes; exit 1 if bad."),
+    "export": ("bentos.cli", "export", "Write a sealed model to one file."),
+    "import": ("bentos.cli", "import_", "Read a sealed model from a file into the store."),
+    "list": ("bentos.cli", "list_", "List the sealed models in the store."),
+    "serve": ("cloud.cli", "serve", "Serve a sealed model with `bentoml serve`."),
+    "deploy": ("cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
+    "channel": ("cloud.cli", "channel", "Create and manage a signed update channel (TUF)."),
+    "publish": ("cloud.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
+    "agent": ("edge.cli", "agent", "The on-device agent: init, run, sync, status."),
+    "demo": ("bentoedge.demo", "demo", "Run the whole story on embedded defaults."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        try:
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            extra = {"bentos.cli": "build", "cloud.cli": "cloud", "edge.cli": "edge"}.get(module, "all")
+            raise click.ClickException(
+                f"'bentoedge {cmd_name}' needs {missing}, which is not installed: "
+                f"pip install 'bentoedge[{extra}]'") from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BentoEdgeError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="bentoedge")
+def cli() -> None:
+    """bentoedge: one model, sealed once, served in the cloud and on edge devices.
+
+    \b
+    Typical flow:
+      bentoedge keys init
+      bentoedge build model.keras --name digits --calibration cal.npz --validation val.npz
+      bentoedge serve digits                       # cloud endpoint (bentoml serve)
+      bentoedge channel init file:///srv/channel && bentoedge publish digits:v1 --channel ...
+      bentoedge agent init --channel ... --cloud http://... && bentoedge agent run
+
+    Keys and defaults live under $BENTOEDGE_HOME (~/.bentoedge); sealed models in the
+    BentoML store under $BENTOML_HOME.  Exit codes: 0 ok, 1 verification or quality gate
+    failed, 2 bad usage or input.
+    """
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+
+def main() -> None:
+    cli(prog_name="bentoedge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Streaming AES-256-GCM: how every artifact of a sealed model is encrypted.
+
+A model can be gigabytes, so it is encrypted in fixed-size segments, each its own GCM
+message, in the style of Tink's streaming AEAD and age's STREAM construction:
+
+    header  = MAGIC(4) | VERSION(1) | log2(segment_size)(1) | nonce_prefix(7)
+    segment = AES-256-GCM(key, nonce = nonce_prefix | counter(4, BE) | last(1), plaintext,
+                          aad = header | associated_data)
+
+The counter orders the segments, the last flag marks the end, and the header (with the
+caller's associated data, which binds model name, version and artifact id) is
+authenticated in every segment.  So a flipped bit, a reordered or dropped segment, a
+truncation at any byte, or a ciphertext moved to another artifact all fail to decrypt.
+
+Pure: bytes in, bytes out, plus a streaming writer for files that are larger than memory
+should hold twice.  Decryption fills one preallocated buffer (``decrypt_into``), so a
+model costs its plaintext size in memory once and never touches the disk in the clear.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from bentos.errors import IntegrityError
+
+MAGIC = b"BEsa"
+VERSION = 1
+TAG_SIZE = 16
+KEY_SIZE = 32
+NONCE_PREFIX_SIZE = 7
+HEADER_SIZE = len(MAGIC) + 1 + 1 + NONCE_PREFIX_SIZE
+DEFAULT_SEGMENT_SIZE = 1 << 20
+MIN_LOG_SEGMENT = 6  # 64 bytes: small segments exist for tests, not for use
+MAX_LOG_SEGMENT = 30
+MAX_SEGMENTS = 1 << 32
+
+
+def _log2_segment(segment_size: int) -> int:
+    log = segment_size.bit_length() - 1
+    if segment_size != 1 << log or not MIN_LOG_SEGMENT <= log <= MAX_LOG_SEGMENT:
+        raise ValueError(f"segment size must be a power of two in [64, 1 GiB], got {segment_size}")
+    return log
+
+
+def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
+    return prefix + struct.pack(">I", counter) + (b"\x01" if last else b"\x00")
+
+
+def make_header(segment_size: int = DEFAULT_SEGMENT_SIZE, nonce_prefix: bytes | None = None) -> bytes:
+    prefix = os.urandom(NONCE_PREFIX_SIZE) if nonce_prefix is None else nonce_prefix
+    if len(prefix) != NONCE_PREFIX_SIZE:
+        raise ValueError("nonce prefix must be 7 bytes")
+    return MAGIC + bytes([VERSION, _log2_segment(segment_size)]) + prefix
+
+
+def parse_header(header: bytes) -> tuple[int, bytes]:
+    """Return (segment_size, nonce_prefix), or raise IntegrityError."""
+    if len(header) < HEADER_SIZE or header[:4] != MAGIC:
+        raise IntegrityError("not a bentoedge encrypted artifact (bad header); the file is corrupt or of another kind")
+    if header[4] != VERSION:
+        raise IntegrityError(f"unsupported encryption version {header[4]}; upgrade bentoedge")
+    log = header[5]
+    if not MIN_LOG_SEGMENT <= log <= MAX_LOG_SEGMENT:
+        raise IntegrityError("encrypted artifact header has an invalid segment size")
+    return 1 << log, bytes(header[6:HEADER_SIZE])
+
+
+def ciphertext_size(plaintext_size: int, segment_size: int) -> int:
+    segments = max(1, -(-plaintext_size // segment_size))
+    return HEADER_SIZE + plaintext_size + segments * TAG_SIZE
+
+
+def plaintext_size(ciphertext_len: int, segment_size: int) -> int:
+    """Length of the plaintext a well-formed ciphertext of this length holds."""
+    body = ciphertext_len - HEADER_SIZE
+    full = segment_size + TAG_SIZE
+    if body < TAG_SIZE:
+        raise IntegrityError("encrypted artifact is truncated")
+    segments = -(-body // full)
+    if body - (segments - 1) * full < TAG_SIZE:
+        raise IntegrityError("encrypted artifact is truncated")
+    return body - segments * TAG_SIZE
+
+
+class SegmentEncryptor:
+    """Encrypts a stream chunk by chunk; feed any sizes, then call ``finish``."""
+
+    def __init__(self, key: bytes, associated_data: bytes = b"", segment_size: int = DEFAULT_SEGMENT_SIZE,
+                 nonce_prefix: bytes | None = None) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("data key must be 32 bytes")
+        self.header = make_header(segment_size, nonce_prefix)
+        self._aead = AESGCM(key)
+        self._aad = self.header + associated_data
+        self._prefix = self.header[6:]
+        self._segment_size = segment_size
+        self._pending = bytearray()
+        self._counter = 0
+
+    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> bytes:
+        if self._counter >= MAX_SEGMENTS:
+            raise ValueError("artifact too large for this segment size")
+        out = self._aead.encrypt(_nonce(self._prefix, self._counter, last), chunk, self._aad)
+        self._counter += 1
+        return out
+
+    def update(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        buf = memoryview(bytes(self._pending) + bytes(data)) if self._pending else memoryview(data)
+        # Keep at least one byte back: only ``finish`` may seal the last segment.
+        full = (len(buf) - 1) // self._segment_size if len(buf) else 0
+        for i in range(full):
+            yield self._seal(buf[i * self._segment_size: (i + 1) * self._segment_size], last=False)
+        self._pending = bytearray(buf[full * self._segment_size:])
+
+    def finish(self) -> bytes:
+        out = self._seal(self._pending, last=True)
+        self._pending = bytearray()
+        return out
+
+
+def encrypt(key: bytes, plaintext: bytes | bytearray | memoryview, associated_data: bytes = b"",
+            segment_size: int = DEFAULT_SEGMENT_SIZE) -> bytes:
+    enc = SegmentEncryptor(key, associated_data, segment_size)
+    parts = [enc.header, *enc.update(plaintext), enc.finish()]
+    return b"".join(parts)
+
+
+def encrypt_stream(key: bytes, chunks: Iterable[bytes], out: BinaryIO, associated_data: bytes = b"",
+                   segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """Encrypt ``chunks`` into ``out``; returns the number of ciphertext bytes written."""
+    enc = SegmentEncryptor(key, associated_data, segment_size)
+    written = out.write(enc.header)
+    for chunk in chunks:
+        for sealed in enc.update(chunk):
+            written += out.write(sealed)
+    written += out.write(enc.finish())
+    return written
+
+
+def decrypt(key: bytes, ciphertext: bytes | bytearray | memoryview, associated_data: bytes = b"") -> bytearray:
+    """Decrypt a whole artifact into one new buffer; raise IntegrityError on any tampering."""
+    if len(key) != KEY_SIZE:
+        raise ValueError("data key must be 32 bytes")
+    view = memoryview(ciphertext)
+    segment_size, prefix = parse_header(bytes(view[:HEADER_SIZE]))
+    size = plaintext_size(len(view), segment_size)
+    out = bytearray(size)
+    out_view = memoryview(out)
+    aead = AESGCM(key)
+    aad = bytes(view[:HEADER_SIZE]) + associated_data
+    full = segment_size + TAG_SIZE
+    pos, written, counter = HEADER_SIZE, 0, 0
+    while True:
+        last = pos + full >= len(view)
+        end = len(view) if last else pos + full
+        n = end - pos - TAG_SIZE
+        try:
+            aead.decrypt_into(_nonce(prefix, counter, last), view[pos:end], aad, out_view[written: written + n])
+        except InvalidTag:
+            raise IntegrityError(
+                f"encrypted artifact failed authentication at segment {counter}: it was modified, "
+                "truncated or belongs to another model"
+            ) from None
+        written += n
+        counter += 1
+        pos = end
+        if last:
+            return out
+
+
+def decrypt_file(key: bytes, f: BinaryIO, length: int, associated_data: bytes = b"",
+                 hasher: Any = None) -> bytearray:
+    """Decrypt ``length`` ciphertext bytes read from ``f`` into one buffer, segment by segment.
+
+    Memory holds the plaintext once plus one segment of ciphertext; ``hasher`` (e.g.
+    ``hashlib.sha256()``) is fed every ciphertext byte so a caller can check the signed
+    hash without reading the file twice.
+    """
+    if len(key) != KEY_SIZE:
+        raise ValueError("data key must be 32 bytes")
+    header = f.read(HEADER_SIZE)
+    if hasher is not None:
+        hasher.update(header)
+    segment_size, prefix = parse_header(header)
+    size = plaintext_size(length, segment_size)
+    out = bytearray(size)
+    out_view = memoryview(out)
+    aead = AESGCM(key)
+    aad = header + associated_data
+    full = segment_size + TAG_SIZE
+    chunk = bytearray(full)
+    pos, written, counter = HEADER_SIZE, 0, 0
+    while True:
+        last = pos + full >= length
+        n_ct = length - pos if last else full
+        view = memoryview(chunk)[:n_ct]
+        got = f.readinto(view)  # type: ignore[attr-defined]
+        if got != n_ct:
+            raise IntegrityError("encrypted artifact is shorter than its manifest says (truncated)")
+        if hasher is not None:
+            hasher.update(view)
+        n = n_ct - TAG_SIZE
+        try:
+            aead.decrypt_into(_nonce(prefix, counter, last), view, aad, out_view[written: written + n])
+        except InvalidTag:
+            raise IntegrityError(
+                f"encrypted artifact failed authentication at segment {counter}: it was modified, "
+                "truncated or belongs to another model"
+            ) from None
+        written += n
+        counter += 1
+        pos += n_ct
+        if last:
+            return out

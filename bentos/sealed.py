@@ -1,0 +1,233 @@
+"""A sealed model on disk: write one atomically, open one, verify it, decrypt an artifact.
+
+    <dir>/manifest.json      canonical JSON (bentos.manifest)
+    <dir>/manifest.sig       Ed25519 over manifest.json (bentos.signing)
+    <dir>/keys.json          data-key wraps per artifact (bentos.recipients); not signed,
+                             because a wrap only opens what the signed hashes already pin
+    <dir>/artifacts/*.enc    streaming AES-256-GCM ciphertext (bentos.aead)
+
+``seal`` builds the directory under a temporary name and renames it into place, so a
+crash or a failed build leaves nothing that looks like a model.  ``SealedModel.decrypt``
+reads the ciphertext once, hashing it against the manifest while it decrypts into a
+single in-memory buffer; plaintext never reaches the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bentos import aead
+from bentos.errors import FormatError, IntegrityError
+from bentos.keystore import fsync_dir
+from bentos.manifest import ENCRYPTION_SCHEME, Artifact, Manifest, Signature, check_name, check_version
+from bentos.recipients import (
+    Keyring,
+    Recipient,
+    WrapContext,
+    keys_document,
+    parse_keys_document,
+    wrap_for,
+)
+from bentos.signing import SignatureInfo, sign, verify_signature
+
+MANIFEST, SIGNATURE, KEYS, ARTIFACTS = "manifest.json", "manifest.sig", "keys.json", "artifacts"
+SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx", None: ".npz"}
+
+
+@dataclass(frozen=True)
+class Plain:
+    """One artifact to seal: its plaintext (held in memory) and what it is."""
+
+    id: str
+    target: str
+    data: bytes
+    runtime: str | None = None
+    precision: str | None = None
+
+
+@dataclass(frozen=True)
+class SealRequest:
+    name: str
+    version: str
+    release: int
+    source: Mapping[str, Any]
+    signature: Signature
+    artifacts: Sequence[Plain]
+    quality: Sequence[Mapping[str, Any]] = ()
+    golden: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    segment_size: int = aead.DEFAULT_SEGMENT_SIZE
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def seal(req: SealRequest, out_dir: Path, recipients: Sequence[Recipient], signer: Ed25519PrivateKey) -> Manifest:
+    """Encrypt, wrap, describe and sign ``req`` into ``out_dir``, which must not exist yet."""
+    check_name(req.name)
+    check_version(req.version)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / ARTIFACTS).mkdir()
+        entries, wraps = [], {}
+        for plain in req.artifacts:
+            entry, key = _encrypt_artifact(plain, tmp, req)
+            wraps[plain.id] = wrap_for(recipients, plain.target, key, _ctx(req.name, req.version, entry))
+            entries.append(entry)
+        manifest = Manifest(
+            name=req.name, version=req.version, release=req.release, created=utc_now(),
+            source=req.source, signature=req.signature, artifacts=tuple(entries),
+            quality=tuple(req.quality), golden=req.golden, extra=req.extra,
+        )
+        body = manifest.to_bytes()
+        _write(tmp / MANIFEST, body)
+        _write(tmp / SIGNATURE, sign(signer, body).to_bytes())
+        _write(tmp / KEYS, keys_document(wraps))
+        fsync_dir(tmp / ARTIFACTS)
+        fsync_dir(tmp)
+        os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _ctx(name: str, version: str, art: Artifact) -> WrapContext:
+    return WrapContext(name, version, art.id, art.sha256)
+
+
+def _aad(name: str, version: str, artifact_id: str) -> bytes:
+    return f"bentoedge/1|{name}|{version}|{artifact_id}".encode()
+
+
+def _encrypt_artifact(plain: Plain, tmp: Path, req: SealRequest) -> tuple[Artifact, bytes]:
+    key = os.urandom(aead.KEY_SIZE)
+    file = f"{ARTIFACTS}/{plain.id}{SUFFIX[plain.runtime]}.enc"
+    ct = aead.encrypt(key, plain.data, _aad(req.name, req.version, plain.id), req.segment_size)
+    _write(tmp / file, ct)
+    entry = Artifact(
+        id=plain.id, target=plain.target, runtime=plain.runtime, precision=plain.precision, file=file,
+        size=len(ct), sha256=hashlib.sha256(ct).hexdigest(),
+        plaintext_sha256=hashlib.sha256(plain.data).hexdigest(),
+        encryption={"scheme": ENCRYPTION_SCHEME, "segment_size": req.segment_size},
+    )
+    return entry, key
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class SealedModel:
+    """An opened (parsed, not yet verified) sealed model directory."""
+
+    path: Path
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature_bytes: bytes
+
+    @classmethod
+    def open(cls, path: Path | str) -> SealedModel:
+        path = Path(path)
+        try:
+            body = (path / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            raise FormatError(f"{path} is not a sealed model (no {MANIFEST})") from None
+        try:
+            sig = (path / SIGNATURE).read_bytes()
+        except FileNotFoundError:
+            raise FormatError(f"{path} has no {SIGNATURE}; the model is unsigned or incomplete") from None
+        return cls(path, Manifest.from_bytes(body), body, sig)
+
+    def verify_signature(self, trusted: Mapping[str, bytes]) -> SignatureInfo:
+        return verify_signature(self.manifest_bytes, self.signature_bytes, trusted)
+
+    def verify_files(self, target: str | None = None) -> None:
+        """Check size and SHA-256 of every artifact file (of ``target`` only, if given)."""
+        for art in self.manifest.artifacts:
+            if target is not None and art.target != target:
+                continue
+            path = self.path / art.file
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise IntegrityError(f"artifact {art.id!r} is missing ({art.file})") from None
+            if size != art.size:
+                raise IntegrityError(f"artifact {art.id!r} has {size} bytes, the manifest says {art.size}")
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != art.sha256:
+                raise IntegrityError(f"artifact {art.id!r} does not match its signed SHA-256; it was modified")
+
+    def verify(self, trusted: Mapping[str, bytes], target: str | None = None) -> SignatureInfo:
+        info = self.verify_signature(trusted)
+        self.verify_files(target)
+        return info
+
+    def wraps(self) -> dict[str, list[dict[str, str]]]:
+        try:
+            return parse_keys_document((self.path / KEYS).read_bytes())
+        except FileNotFoundError:
+            raise FormatError(f"{self.path} has no {KEYS}; it cannot be decrypted") from None
+
+    def decrypt(self, artifact_id: str, keyring: Keyring) -> bytearray:
+        """The plaintext of one artifact, in memory, after checking every hash on the way."""
+        art = self.manifest.artifact(artifact_id)
+        wraps = self.wraps().get(art.id, [])
+        key = keyring.unwrap(wraps, _ctx(self.manifest.name, self.manifest.version, art))
+        path = self.path / art.file
+        try:
+            size = path.stat().st_size
+            if size != art.size:
+                raise IntegrityError(f"artifact {art.id!r} has {size} bytes, the manifest says {art.size}")
+            h = hashlib.sha256()
+            with open(path, "rb", buffering=0) as f:
+                plain = aead.decrypt_file(key, f, size, _aad(self.manifest.name, self.manifest.version, art.id), h)
+        except FileNotFoundError:
+            raise IntegrityError(f"artifact {art.id!r} is missing ({art.file})") from None
+        if h.hexdigest() != art.sha256:
+            raise IntegrityError(f"artifact {art.id!r} does not match its signed SHA-256; it was modified")
+        if hashlib.sha256(plain).hexdigest() != art.plaintext_sha256:
+            raise IntegrityError(f"artifact {art.id!r} decrypted to bytes other than those signed")
+        return plain
+
+    def add_wraps(self, recipients: Sequence[Recipient], keyring: Keyring, target: str) -> int:
+        """Wrap the data keys of ``target`` artifacts for more recipients (device enrollment)."""
+        wraps = self.wraps()
+        added = 0
+        for art in self.manifest.artifacts:
+            if art.target != target:
+                continue
+            ctx = _ctx(self.manifest.name, self.manifest.version, art)
+            key = keyring.unwrap(wraps.get(art.id, []), ctx)
+            have = {w.get("keyid") for w in wraps.get(art.id, [])}
+            for r in recipients:
+                if target in r.targets and r.keyid not in have:
+                    wraps.setdefault(art.id, []).append(r.wrap(key, ctx))
+                    added += 1
+        if added:
+            tmp = self.path / f".{KEYS}.tmp"
+            _write(tmp, keys_document(wraps))
+            os.replace(tmp, self.path / KEYS)
+        return added

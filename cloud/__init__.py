@@ -1,0 +1,1 @@
+"""cloud: the BentoML service, serverless deployment, and publishing to update channels."""
