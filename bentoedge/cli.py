@@ -31,8 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("bentos.cli", "list_", "List the sealed models in the store."),
     "serve": ("cloud.cli", "serve", "Serve a sealed model with `bentoml serve`."),
     "deploy": ("cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
-    "channel": ("cloud.cli", "channel", "Create and manage a signed update channel (TUF)."),
-    "publish": ("cloud.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
+    "channel": ("cloud.channel.cli", "channel", "Create and manage a signed update channel (TUF)."),
+    "publish": ("cloud.channel.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
     "agent": ("edge.cli", "agent", "The on-device agent: init, run, sync, status."),
     "demo": ("bentoedge.demo", "demo", "Run the whole story on embedded defaults."),
 }
@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         except ImportError as exc:
             missing = exc.name or str(exc)
-            extra = {"bentos.cli": "build", "cloud.cli": "cloud", "edge.cli": "edge"}.get(module, "all")
+            extra = {"bentos.cli": "build", "cloud.cli": "cloud", "cloud.channel.cli": "cloud", "edge.cli": "edge"}.get(module, "all")
             raise click.ClickException(
                 f"'bentoedge {cmd_name}' needs {missing}, which is not installed: "
                 f"pip install 'bentoedge[{extra}]'") from None

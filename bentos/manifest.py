@@ -27,7 +27,7 @@ RUNTIMES = ("litert", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 ENCRYPTION_SCHEME = "aes256gcm-stream/1"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+VERSION_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
@@ -45,7 +45,7 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise FormatError(f"invalid version {version!r}: use letters, digits, '.', '_' or '-' (max 64)")
+        raise FormatError(f"invalid version {version!r}: use lowercase letters, digits, '.', '_' or '-' (max 64)")
     return version
 
 
