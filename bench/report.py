@@ -1,0 +1,226 @@
+"""Turn the benchmark JSON files in bench/results/ into bench/report.md and bench/report.html.
+
+Each benchmark script writes one JSON document (``bench/_common.write_result``): its
+figures plus an ``environment`` block (machine, versions, date).  This generator knows no
+benchmark in particular: it renders every list of records as a table, every scalar as a
+line, and draws a plot for every group of latency series and size/accuracy records it
+recognises by key name (``p50_ms``/``p99_ms``, ``samples_ms``, ``size_bytes``,
+``accuracy``, ``offload_fraction``).  So a new benchmark shows up in the report without
+touching this file, and a changed one cannot silently drop out.
+
+Usage: python bench/report.py [--results DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_results(folder: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            out[path.stem] = {"error": f"unreadable result file: {exc}"}
+    return out
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{len(value)} values]"
+    return str(value)
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+def _columns(records: list[Mapping[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in records:
+        for k, v in r.items():
+            if k not in cols and (_scalar(v) or (isinstance(v, list) and len(v) <= 8)):
+                cols.append(k)
+    return cols
+
+
+def md_table(records: list[Mapping[str, Any]]) -> str:
+    cols = _columns(records)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def html_table(records: list[Mapping[str, Any]]) -> str:
+    cols = _columns(records)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                   for r in records)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def walk(doc: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str, Any]]:
+    """Yield (kind, path, value) for scalars, record lists and nested sections, in order."""
+    scalars = {k: v for k, v in doc.items() if _scalar(v) or (isinstance(v, list) and not _is_records(v)
+                                                            and all(_scalar(x) for x in v))}
+    if scalars:
+        yield "scalars", prefix, scalars
+    for key, value in doc.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if _is_records(value):
+            yield "records", path, value
+        elif isinstance(value, Mapping) and key != "environment":
+            # A mapping of mappings of scalars reads best as one table keyed by name.
+            if value and all(isinstance(v, Mapping) and all(_scalar(x) for x in v.values()) for v in value.values()):
+                yield "records", path, [{"name": k, **v} for k, v in value.items()]
+            else:
+                yield from walk(value, path)
+
+
+def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Draw what we recognise; returns the image files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made: list[Path] = []
+    for kind, path, value in walk(doc):
+        if kind != "records":
+            continue
+        label_key = next((k for k in ("name", "system", "variant", "precision", "mode", "artifact", "target")
+                          if all(k in r for r in value)), None)
+        labels = [str(r.get(label_key, i)) if label_key else str(i) for i, r in enumerate(value)]
+        extra = [k for k in ("concurrency", "model") if all(k in r for r in value) and k != label_key]
+        if extra:
+            labels = [f"{lab} ({', '.join(f'{k}={r[k]}' for k in extra)})" for lab, r in zip(labels, value, strict=True)]
+        series = [k for k in ("p50_ms", "p99_ms", "mean_ms") if any(isinstance(r.get(k), int | float) for r in value)]
+        figures = []
+        if series:
+            figures.append(("latency (ms)", series, True))
+        for key, title in (("size_bytes", "size (bytes)"), ("accuracy", "accuracy"),
+                           ("offload_fraction", "fraction offloaded to the cloud"),
+                           ("throughput_rps", "throughput (requests/s)")):
+            if any(isinstance(r.get(key), int | float) for r in value):
+                figures.append((title, [key], False))
+        for title, keys, log in figures:
+            fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(value) + 3), 3.6))
+            width = 0.8 / len(keys)
+            for j, key in enumerate(keys):
+                ys = [float(r.get(key) or 0.0) for r in value]
+                ax.bar([i + j * width for i in range(len(value))], ys, width, label=key)
+            ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(value))])
+            ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(title)
+            if log and all((r.get(k) or 0) > 0 for r in value for k in keys):
+                ax.set_yscale("log")
+            if len(keys) > 1:
+                ax.legend(fontsize=8)
+            ax.set_title(f"{name}: {path}", fontsize=9)
+            fig.tight_layout()
+            file = out_dir / f"{name}-{path.replace('.', '-')}-{keys[0]}.png"
+            fig.savefig(file, dpi=90)
+            plt.close(fig)
+            made.append(file)
+        dists = [(lab, r["samples_ms"]) for lab, r in zip(labels, value, strict=True)
+                 if isinstance(r.get("samples_ms"), list) and r["samples_ms"]]
+        if dists:
+            fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(dists) + 3), 3.6))
+            ax.boxplot([d for _, d in dists], whis=(1, 99), showfliers=False)
+            ax.set_xticks(range(1, len(dists) + 1))
+            ax.set_xticklabels([lab for lab, _ in dists], rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel("latency (ms), whiskers p1-p99")
+            ax.set_title(f"{name}: {path} latency distribution", fontsize=9)
+            fig.tight_layout()
+            file = out_dir / f"{name}-{path.replace('.', '-')}-dist.png"
+            fig.savefig(file, dpi=90)
+            plt.close(fig)
+            made.append(file)
+    return made
+
+
+def environment_line(doc: Mapping[str, Any]) -> str:
+    env = doc.get("environment") or {}
+    if not isinstance(env, Mapping):
+        return ""
+    parts = [f"{k}: {fmt(v)}" for k, v in env.items() if _scalar(v)]
+    versions = env.get("versions")
+    if isinstance(versions, Mapping):
+        parts.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return "; ".join(parts)
+
+
+def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    img_dir = out_dir / "report_files"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for old in img_dir.glob("*.png"):
+        old.unlink()
+    md = ["# bentoedge benchmark report", "",
+          "Every figure below was measured by a script in `bench/` (run them all with `bench/run_all`).",
+          "The floor is the raw runtime call; the peer is plain `bentoml serve` of the same model.", ""]
+    body = ["<h1>bentoedge benchmark report</h1>",
+            "<p>Every figure below was measured by a script in <code>bench/</code> (<code>bench/run_all</code>). "
+            "The floor is the raw runtime call; the peer is plain <code>bentoml serve</code> of the same model.</p>"]
+    if not results:
+        md.append("_No results yet: run `bench/run_all`._")
+        body.append("<p><em>No results yet: run bench/run_all.</em></p>")
+    for name, doc in results.items():
+        md += [f"## {name}", "", f"_Measured on: {environment_line(doc)}_", ""]
+        body += [f"<h2>{html.escape(name)}</h2>", f"<p class=env>Measured on: {html.escape(environment_line(doc))}</p>"]
+        for kind, path, value in walk(doc):
+            if kind == "scalars":
+                items = [f"- **{(path + '.' if path else '') + k}**: {fmt(v)}" for k, v in value.items()]
+                md += items + [""]
+                body.append("<ul>" + "".join(f"<li><b>{html.escape((path + '.' if path else '') + k)}</b>: "
+                                             f"{html.escape(fmt(v))}</li>" for k, v in value.items()) + "</ul>")
+            else:
+                md += [f"**{path}**", "", md_table(value), ""]
+                body += [f"<h3>{html.escape(path)}</h3>", html_table(value)]
+        for img in plots(name, doc, img_dir):
+            rel = f"{img_dir.name}/{img.name}"
+            md += [f"![{img.stem}]({rel})", ""]
+            body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path.write_text("\n".join(md) + "\n")
+    style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;"
+             "text-align:right}th{background:#f3f3f3}.env{color:#666;font-size:90%}img{max-width:100%;display:block}")
+    html_path.write_text(f"<!doctype html><html><head><meta charset=utf-8><title>bentoedge benchmarks</title>"
+                         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return md_path, html_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    md, page = render(load_results(args.results), args.out)
+    print(f"wrote {md} and {page}")
+
+
+if __name__ == "__main__":
+    main()

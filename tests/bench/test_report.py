@@ -1,0 +1,72 @@
+"""The report generator turns benchmark JSON into Markdown, HTML and plots."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ENV = {"machine": "x86_64, 2 cores", "date": "2026-11-22", "versions": {"onnxruntime": "1.31.1"}}
+
+
+def _write(folder: Path, name: str, doc: dict) -> None:
+    (folder / f"{name}.json").write_text(json.dumps({**doc, "environment": ENV}))
+
+
+def test_report_renders_tables_scalars_and_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    results.mkdir()
+    _write(results, "cloud_serving", {
+        "model": "digits",
+        "points": [
+            {"system": "floor", "concurrency": 1, "p50_ms": 0.05, "p99_ms": 0.09, "throughput_rps": 9000.0,
+             "samples_ms": [0.05, 0.06, 0.04, 0.09]},
+            {"system": "peer", "concurrency": 1, "p50_ms": 2.1, "p99_ms": 4.0, "throughput_rps": 400.0,
+             "samples_ms": [2.0, 2.1, 2.2, 4.0]},
+            {"system": "bentoedge", "concurrency": 1, "p50_ms": 2.0, "p99_ms": 3.8, "throughput_rps": 410.0,
+             "samples_ms": [1.9, 2.0, 2.1, 3.8]},
+        ],
+        "ratios": {"p50_vs_peer": 0.95},
+    })
+    _write(results, "size_accuracy", {
+        "models": {"digits-int8": {"size_bytes": 5000, "accuracy": 0.97},
+                   "digits-fp32": {"size_bytes": 18000, "accuracy": 0.975}},
+    })
+    mod = _report_module()
+    md, page = mod.render(mod.load_results(results), tmp_path)
+    text = md.read_text()
+    assert "## cloud_serving" in text and "## size_accuracy" in text
+    assert "| system | concurrency | p50_ms |" in text
+    assert "**ratios.p50_vs_peer**: 0.95" in text
+    assert "Measured on: machine: x86_64, 2 cores; date: 2026-11-22; versions: onnxruntime 1.31.1" in text
+    assert "digits-int8" in text
+    images = sorted((tmp_path / "report_files").glob("*.png"))
+    names = {p.name for p in images}
+    assert any(n.endswith("-dist.png") for n in names), names
+    assert any("size_bytes" in n for n in names) and any("p50_ms" in n for n in names), names
+    assert all(p.stat().st_size > 1000 for p in images)
+    html = page.read_text()
+    assert "<table>" in html and html.count("<img ") == len(images)
+
+
+def test_report_survives_a_broken_result_file(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "broken.json").write_text("{not json")
+    mod = _report_module()
+    md, _ = mod.render(mod.load_results(results), tmp_path)
+    assert "unreadable result file" in md.read_text()
