@@ -1,0 +1,122 @@
+"""The shared request contract: every malformed request is a RequestError naming what is wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bentos import api
+from bentos.errors import RequestError
+from bentos.manifest import Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(TensorSpec("x", "float32", (None, 4)), TensorSpec("ids", "int32", (None, 2))),
+    outputs=(TensorSpec("y", "float32", (None, 3)),),
+)
+
+
+def body(**inputs: object) -> bytes:
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def good() -> dict[str, object]:
+    return {"x": [[0.0, 1.0, 2.0, 3.0]], "ids": [[1, 2]]}
+
+
+def test_valid_json_request_gives_typed_contiguous_arrays() -> None:
+    arrays = api.parse_request(body(**good()), "application/json", SIG)
+    assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (1, 4)
+    assert arrays["ids"].dtype == np.int32 and arrays["ids"].flags["C_CONTIGUOUS"]
+
+
+def test_npz_request_is_equivalent_to_json() -> None:
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 4), np.float32), ids=np.ones((2, 2), np.int64))
+    arrays = api.parse_request(buf.getvalue(), "application/x-npz", SIG)
+    assert arrays["ids"].dtype == np.int32 and arrays["x"].shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("payload", "ctype", "status", "input_name", "fragment"),
+    [
+        (b"", "application/json", 400, None, "empty"),
+        (b"{not json", "application/json", 400, None, "not valid JSON"),
+        (b"[1, 2]", "application/json", 400, None, '"inputs"'),
+        (body(x=[[0, 1, 2, 3]]), "application/json", 400, "ids", "missing"),
+        (body(**good(), extra=[1]), "application/json", 400, "extra", "unknown input"),
+        (body(x=[[0, 1, 2]], ids=[[1, 2]]), "application/json", 422, "x", "expected float32[?, 4]"),
+        (body(x=[0, 1, 2, 3], ids=[[1, 2]]), "application/json", 422, "x", "shape"),
+        (body(x=[[0, 1], [2]], ids=[[1, 2]]), "application/json", 422, "x", "rectangular"),
+        (body(x=[["a", "b", "c", "d"]], ids=[[1, 2]]), "application/json", 422, "x", "numbers"),
+        (body(x=[[0, 1, 2, 3]], ids=[[1.5, 2]]), "application/json", 422, "ids", "integers"),
+        (body(x=[[0, 1, 2, 3]], ids=[[1, 2**40]]), "application/json", 422, "ids", "outside int32"),
+        (b'{"inputs": {"x": [[NaN, 1, 2, 3]], "ids": [[1, 2]]}}', "application/json", 422, "x", "NaN"),
+        (body(x=[[0, 1, 2, 3], [4, 5, 6, 7]], ids=[[1, 2]]), "application/json", 422, None, "batch size"),
+        (body(x=[], ids=[]), "application/json", 422, "x", "shape"),
+        (body(**good()), "text/plain", 415, None, "unsupported content type"),
+        (b"PK\x03\x04garbage", "application/x-npz", 400, None, ".npz"),
+    ],
+)
+def test_bad_requests_are_refused_with_the_reason(payload: bytes, ctype: str, status: int,
+                                                  input_name: str | None, fragment: str) -> None:
+    with pytest.raises(RequestError) as info:
+        api.parse_request(payload, ctype, SIG)
+    err = info.value
+    assert err.status == status
+    assert err.input_name == input_name
+    assert fragment in err.message
+    assert err.to_body()["error"] == err.message
+
+
+def test_oversized_payload_is_413_before_parsing() -> None:
+    with pytest.raises(RequestError) as info:
+        api.parse_request(b"x" * 101, "application/json", SIG, max_payload=100)
+    assert info.value.status == 413
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512), st.sampled_from(["application/json", "application/x-npz", None]))
+def test_arbitrary_bytes_never_escape_as_anything_but_request_error(data: bytes, ctype: str | None) -> None:
+    try:
+        arrays = api.parse_request(data, ctype, SIG)
+    except RequestError as err:
+        assert 400 <= err.status < 500
+    else:
+        assert set(arrays) == {"x", "ids"}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["x", "ids", "other"]), json_values, max_size=3))
+def test_arbitrary_json_inputs_are_validated_or_refused(inputs: dict[str, object]) -> None:
+    try:
+        payload = json.dumps({"inputs": inputs}).encode()
+    except ValueError:
+        return
+    try:
+        arrays = api.parse_request(payload, "application/json", SIG)
+    except RequestError as err:
+        assert 400 <= err.status < 500
+    else:
+        assert arrays["x"].shape[1:] == (4,) and arrays["ids"].shape[1:] == (2,)
+        assert arrays["x"].shape[0] == arrays["ids"].shape[0] > 0
+
+
+def test_response_and_npz_round_trip() -> None:
+    out = {"y": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    doc = api.response_json(out, "digits", "v1", "edge", fallback_reason=None)
+    assert doc == {"outputs": {"y": [[0, 1, 2], [3, 4, 5]]}, "model": {"name": "digits", "version": "v1"},
+                   "served_by": "edge"}
+    back = api.decode_npz(api.encode_npz(out))
+    np.testing.assert_array_equal(back["y"], out["y"])
