@@ -1,0 +1,375 @@
+"""The publisher's side of an update channel: create it, enroll devices, publish, maintain.
+
+This is the imperative shell around ``cloud.channel.repo``: it reads the current TUF
+metadata from a ``Storage`` (folder or S3), asks the pure core for the next state, signs
+it with the channel's keys, and writes files in the order that keeps the public channel
+consistent at every instant (target files, then ``N.targets.json``, ``N.snapshot.json``,
+and ``timestamp.json`` last).
+
+Keys and private state never go into the public channel.  They live in
+``$BENTOEDGE_HOME/channels/<hash of url>/``:
+
+    keys/targets.pem, keys/snapshot.pem, keys/timestamp.pem   online keys (0600)
+    devices.json                                               enrolled X25519 public keys
+    channel.json                                               url, where the root keys went
+
+Root keys are generated into a separate ``offline-root/`` folder (or ``root_keys_dir``)
+that the user is told to move to offline storage; only ``rotate`` needs them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+
+from bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
+from bentos.keystore import LocalKeys, default_home, write_private
+from bentos.manifest import canonical_json
+from bentos.recipients import Keyring, X25519Recipient, keys_document, load_x25519_public, x25519_id
+from bentos.sealed import KEYS, MANIFEST, SIGNATURE, SealedModel
+from cloud.channel import repo
+from cloud.channel.storage import Storage, open_storage
+
+#: Called once per uploaded file with (target path, size); returns a per-chunk byte callback.
+UploadProgress = Callable[[str, int], Callable[[int], None]]
+
+
+def _new_key() -> tuple[Ed25519PrivateKey, CryptoSigner]:
+    priv = Ed25519PrivateKey.generate()
+    return priv, CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key()))
+
+
+def _pem(priv: Ed25519PrivateKey) -> bytes:
+    return priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+
+
+def _load_signer(path: Path) -> CryptoSigner:
+    try:
+        priv = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise KeyMissingError(f"channel key {path} is missing; the channel's private state is incomplete") from None
+    if not isinstance(priv, Ed25519PrivateKey):
+        raise KeyMissingError(f"{path} is not an Ed25519 private key")
+    return CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key()))
+
+
+def state_dir_for(url: str, home: Path) -> Path:
+    return home / "channels" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def hashed_name(path: str, sha256: str) -> str:
+    """The consistent-snapshot file name ngclient downloads for target ``path``."""
+    dirname, sep, base = path.rpartition("/")
+    return f"{dirname}{sep}{sha256}.{base}"
+
+
+@dataclass
+class Loaded:
+    root: Metadata[Root]
+    targets: Metadata[Targets]
+    snapshot: Metadata[Snapshot]
+    timestamp: Metadata[Timestamp]
+
+
+class Channel:
+    """One update channel, opened with its private publisher state."""
+
+    def __init__(self, storage: Storage, home: Path) -> None:
+        self.storage = storage
+        self.home = home
+        self.url = storage.url
+        self.state_dir = state_dir_for(self.url, home)
+
+    # ---- opening and creating ------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, home: Path | None = None, storage: Storage | None = None) -> Channel:
+        ch = cls(storage or open_storage(url), home or default_home())
+        if not (ch.state_dir / "channel.json").exists():
+            raise ConfigError(f"no publisher state for channel {ch.url} under {ch.state_dir}; "
+                              "run 'bentoedge channel init' on this machine first")
+        return ch
+
+    @classmethod
+    def init(cls, url: str, home: Path | None = None, root_keys: int = 3, threshold: int = 2,
+             root_keys_dir: Path | None = None, storage: Storage | None = None) -> Channel:
+        ch = cls(storage or open_storage(url), home or default_home())
+        if ch.storage.get("metadata/timestamp.json") is not None or (ch.state_dir / "channel.json").exists():
+            raise UsageError(f"channel {ch.url} already exists; use 'bentoedge channel status' to inspect it")
+        if not 1 <= threshold <= root_keys:
+            raise UsageError(f"--threshold {threshold} must be between 1 and --root-keys {root_keys}")
+        offline = root_keys_dir or ch.state_dir / "offline-root"
+        root_signers = []
+        for _ in range(root_keys):
+            priv, signer = _new_key()
+            write_private(offline / f"{signer.public_key.keyid}.pem", _pem(priv))
+            root_signers.append(signer)
+        online: dict[str, Key] = {}
+        for role in repo.ONLINE:
+            priv, signer = _new_key()
+            write_private(ch.state_dir / "keys" / f"{role}.pem", _pem(priv))
+            online[role] = signer.public_key
+        now = repo.utcnow()
+        mds = repo.new_repository([s.public_key for s in root_signers], threshold, online, now)
+        repo.sign(mds["root"], root_signers)
+        repo.link(mds["snapshot"].signed, mds["targets"].signed.version)
+        repo.link_timestamp(mds["timestamp"].signed, mds["snapshot"].signed.version)
+        ch.storage.put("metadata/1.root.json", mds["root"].to_bytes())
+        ch._write_online(Loaded(mds["root"], mds["targets"], mds["snapshot"], mds["timestamp"]),
+                         ("targets", "snapshot", "timestamp"))
+        write_private(ch.state_dir / "channel.json",
+                      canonical_json({"url": ch.url, "root_keys_dir": str(offline.resolve())}), mode=0o644)
+        ch.root_keys_dir = offline
+        return ch
+
+    root_keys_dir: Path | None = None
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _get_md(self, key: str) -> Metadata[Any]:
+        data = self.storage.get(key)
+        if data is None:
+            raise ChannelError(f"channel {self.url} lacks {key}; it is not a bentoedge channel or is damaged")
+        return Metadata.from_bytes(data)
+
+    def root_version(self) -> int:
+        versions = [int(m.group(1)) for k in self.storage.list("metadata")
+                    if (m := re.fullmatch(r"metadata/(\d+)\.root\.json", k))]
+        if not versions:
+            raise ChannelError(f"channel {self.url} has no root metadata; run 'bentoedge channel init'")
+        return max(versions)
+
+    def root_bytes(self, version: int | None = None) -> bytes:
+        v = version or self.root_version()
+        data = self.storage.get(f"metadata/{v}.root.json")
+        if data is None:
+            raise ChannelError(f"channel {self.url} lacks metadata/{v}.root.json")
+        return data
+
+    def load(self) -> Loaded:
+        root = Metadata[Root].from_bytes(self.root_bytes())
+        ts = self._get_md("metadata/timestamp.json")
+        snap = self._get_md(f"metadata/{ts.signed.snapshot_meta.version}.snapshot.json")
+        targets = self._get_md(f"metadata/{snap.signed.meta['targets.json'].version}.targets.json")
+        return Loaded(root, targets, snap, ts)
+
+    def _signer(self, role: str) -> CryptoSigner:
+        return _load_signer(self.state_dir / "keys" / f"{role}.pem")
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def _write_online(self, md: Loaded, changed: Sequence[str]) -> None:
+        """Sign and write the roles in ``changed`` in TUF order (timestamp last)."""
+        if "targets" in changed:
+            repo.sign(md.targets, [self._signer("targets")])
+            self.storage.put(f"metadata/{md.targets.signed.version}.targets.json", md.targets.to_bytes())
+        if "snapshot" in changed:
+            repo.link(md.snapshot.signed, md.targets.signed.version)
+            repo.sign(md.snapshot, [self._signer("snapshot")])
+            self.storage.put(f"metadata/{md.snapshot.signed.version}.snapshot.json", md.snapshot.to_bytes())
+        repo.link_timestamp(md.timestamp.signed, md.snapshot.signed.version)
+        repo.sign(md.timestamp, [self._signer("timestamp")])
+        self.storage.put("metadata/timestamp.json", md.timestamp.to_bytes())
+
+    def _commit_targets(self, md: Loaded) -> None:
+        now = repo.utcnow()
+        for role, m in (("targets", md.targets), ("snapshot", md.snapshot), ("timestamp", md.timestamp)):
+            repo.bump(m, role, now)
+        self._write_online(md, ("targets", "snapshot", "timestamp"))
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def devices(self) -> dict[str, str]:
+        path = self.state_dir / "devices.json"
+        if not path.exists():
+            return {}
+        return dict(json.loads(path.read_text()))
+
+    def enroll(self, device_id: str, pub_pem: bytes) -> str:
+        """Record a device's (or a fleet group's) X25519 key; the next publish wraps for it."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", device_id):
+            raise UsageError(f"device id {device_id!r}: use letters, digits, '.', '_' or '-'")
+        key = load_x25519_public(pub_pem)
+        devices = self.devices()
+        devices[device_id] = pub_pem.decode()
+        write_private(self.state_dir / "devices.json", canonical_json(devices))
+        return x25519_id(key)
+
+    def recipients(self) -> list[X25519Recipient]:
+        return [X25519Recipient(load_x25519_public(pem.encode()), label=dev) for dev, pem in sorted(self.devices().items())]
+
+    # ---- publishing ------------------------------------------------------------------------
+
+    def publish(self, sealed: SealedModel, rollout: int = 100, device_classes: Sequence[str] = (),
+                min_agent: str = "0", pinned: bool = False, kek: bytes | None = None,
+                progress: UploadProgress | None = None, check_release: bool = True) -> repo.Release:
+        """Upload the edge part of ``sealed`` and make it the channel's newest state.
+
+        Data keys are rewrapped for every enrolled device on a staged copy; the store's
+        sealed model is not touched.  Publishing a version again refreshes its wraps (for
+        devices enrolled since) and its rollout settings.
+        """
+        m = sealed.manifest
+        if not 0 <= rollout <= 100:
+            raise UsageError(f"--rollout {rollout} must be a percentage between 0 and 100")
+        edge = [a for a in m.artifacts if a.target == "edge"]
+        if not any(a.is_model for a in edge):
+            raise UsageError(f"{m.tag} has no edge artifact to publish; build it with --edge int8|fp16|dynamic|fp32")
+        md = self.load()
+        if check_release:
+            for r in repo.releases(md.targets.signed):
+                if r.model == m.name and r.version != m.version and r.release >= m.release:
+                    raise UsageError(f"{r.model}:{r.version} has release {r.release} >= {m.release} of {m.tag}; "
+                                     "devices never go back in release: build a newer release")
+        recipients = self.recipients()
+        release = repo.Release(m.name, m.version, m.release, tuple(device_classes), rollout, min_agent, pinned)
+        with tempfile.TemporaryDirectory(prefix="bentoedge-publish-") as tmp:
+            staged = self._stage(sealed, Path(tmp), recipients, kek)
+            files: dict[str, tuple[int, str]] = {}
+            for rel in [MANIFEST, SIGNATURE, KEYS] + [a.file for a in edge]:
+                data_path = staged / rel
+                h = hashlib.sha256()
+                with open(data_path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                files[rel] = (data_path.stat().st_size, h.hexdigest())
+            for rel, (size, sha) in files.items():
+                key = "targets/" + hashed_name(f"{m.name}/{m.version}/{rel}", sha)
+                cb = progress(f"{m.name}/{m.version}/{rel}", size) if progress else None
+                self.storage.put_file(key, staged / rel, cb)
+        repo.set_version(md.targets.signed, release, files)
+        self._commit_targets(md)
+        return release
+
+    def _stage(self, sealed: SealedModel, tmp: Path, recipients: Sequence[X25519Recipient],
+               kek: bytes | None) -> Path:
+        staged = tmp / "sealed"
+        (staged / "artifacts").mkdir(parents=True)
+        for name in (MANIFEST, SIGNATURE, KEYS):
+            shutil.copyfile(sealed.path / name, staged / name)
+        edge = [a for a in sealed.manifest.artifacts if a.target == "edge"]
+        for a in edge:
+            shutil.copyfile(sealed.path / a.file, staged / a.file)
+        copy = SealedModel.open(staged)
+        if recipients:
+            keyring = Keyring().add_kek(kek if kek is not None else LocalKeys(self.home).kek())
+            copy.add_wraps(list(recipients), keyring, "edge")  # type: ignore[arg-type]  # bentos Recipient protocol vs frozen dataclass
+        # Publish only the device wraps of edge artifacts: the channel is public, and a
+        # wrap under the publisher's KEK or a cloud key has no business on it.
+        wraps = copy.wraps()
+        public = {a.id: [w for w in wraps.get(a.id, []) if w.get("type") == "x25519"] for a in edge}
+        (staged / KEYS).write_bytes(keys_document(public))
+        return staged
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Re-sign the timestamp (and the snapshot when it expires within two days)."""
+        md = self.load()
+        now = repo.utcnow()
+        changed: list[str] = ["timestamp"]
+        if md.snapshot.signed.expires - now < timedelta(days=2):
+            repo.bump(md.snapshot, "snapshot", now)
+            changed.append("snapshot")
+        repo.bump(md.timestamp, "timestamp", now)
+        self._write_online(md, changed)
+        return int(md.timestamp.signed.version)
+
+    def withdraw(self, model: str, version: str) -> list[str]:
+        md = self.load()
+        paths = repo.withdraw(md.targets.signed, model, version)
+        self._commit_targets(md)
+        return paths
+
+    def pin(self, model: str, version: str) -> repo.Release:
+        md = self.load()
+        rel = repo.pin(md.targets.signed, model, version)
+        self._commit_targets(md)
+        return rel
+
+    def _root_signers(self, root: Root, root_keys_dir: Path | None) -> list[Signer]:
+        folder = root_keys_dir or self._recorded_root_dir()
+        signers: list[Signer] = []
+        for path in sorted(folder.glob("*.pem")) if folder.exists() else []:
+            signer = _load_signer(path)
+            if signer.public_key.keyid in root.roles["root"].keyids:
+                signers.append(signer)
+        need = root.roles["root"].threshold
+        if len(signers) < need:
+            raise KeyMissingError(f"rotating needs {need} of the offline root keys; found {len(signers)} in {folder}: "
+                                  "bring the offline root key folder back and pass --root-keys DIR")
+        return signers[:need]
+
+    def _recorded_root_dir(self) -> Path:
+        info = json.loads((self.state_dir / "channel.json").read_text())
+        return Path(info["root_keys_dir"])
+
+    def rotate(self, role: str, root_keys_dir: Path | None = None, new_root_keys: int = 3,
+               threshold: int = 2) -> int:
+        """Replace the keys of ``role`` with fresh ones; returns the new root version.
+
+        A new root is signed by a threshold of the current root keys (and, for a root
+        rotation, by the new root keys too), so devices follow the chain of trust.
+        """
+        if role not in repo.ROLES:
+            raise UsageError(f"unknown role {role!r}; rotate one of {', '.join(repo.ROLES)}")
+        md = self.load()
+        root = md.root
+        old_signers = self._root_signers(root.signed, root_keys_dir)
+        repo.bump(root, "root", repo.utcnow())
+        extra: list[Signer] = []
+        if role == "root":
+            folder = root_keys_dir or self._recorded_root_dir()
+            for _ in range(new_root_keys):
+                priv, signer = _new_key()
+                write_private(folder / f"{signer.public_key.keyid}.pem", _pem(priv))
+                extra.append(signer)
+            repo.rotate_root(root.signed, [s.public_key for s in extra], threshold)
+        else:
+            priv, signer = _new_key()
+            repo.replace_role_key(root.signed, role, signer.public_key)
+            pending = self.state_dir / "keys" / f"{role}.pem.next"
+            write_private(pending, _pem(priv))
+        repo.sign(root, old_signers + extra[:threshold])
+        self.storage.put(f"metadata/{root.signed.version}.root.json", root.to_bytes())
+        if role != "root":
+            (self.state_dir / "keys" / f"{role}.pem.next").replace(self.state_dir / "keys" / f"{role}.pem")
+        # Re-sign what the rotated key signs, so the new root and the online roles agree.
+        now = repo.utcnow()
+        changed = {"root": ["timestamp"], "timestamp": ["timestamp"], "snapshot": ["snapshot", "timestamp"],
+                   "targets": ["targets", "snapshot", "timestamp"]}[role]
+        for r in changed:
+            repo.bump(getattr(md, r), r, now)
+        self._write_online(md, changed)
+        return int(root.signed.version)
+
+    def status(self) -> dict[str, Any]:
+        md = self.load()
+        return {
+            "url": self.url,
+            "root": {"version": md.root.signed.version, "threshold": md.root.signed.roles["root"].threshold,
+                     "keys": len(md.root.signed.roles["root"].keyids),
+                     "expires": md.root.signed.expires.isoformat()},
+            "targets": {"version": md.targets.signed.version, "expires": md.targets.signed.expires.isoformat()},
+            "snapshot": {"version": md.snapshot.signed.version, "expires": md.snapshot.signed.expires.isoformat()},
+            "timestamp": {"version": md.timestamp.signed.version,
+                          "expires": md.timestamp.signed.expires.isoformat()},
+            "releases": [{"model": r.model, "version": r.version, "release": r.release, "rollout": r.rollout,
+                          "device_classes": list(r.device_classes), "min_agent": r.min_agent, "pinned": r.pinned}
+                         for r in repo.releases(md.targets.signed)],
+            "devices": sorted(self.devices()),
+        }

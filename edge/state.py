@@ -1,0 +1,192 @@
+"""The device's state folder: what is installed, what is active, what failed.
+
+    STATE/agent.toml        configuration (edge.config)
+    STATE/device.key|.pub   the device's X25519 key pair (unwraps edge data keys)
+    STATE/root.json         the channel root embedded at provisioning (TUF trust anchor)
+    STATE/tuf/              ngclient's metadata cache
+    STATE/staging/<v>/      a download in progress (kept across crashes, to resume)
+    STATE/versions/<v>/     installed versions, still encrypted sealed-model folders
+    STATE/active            pointer: {"model", "active", "previous": [...]}
+    STATE/failed.json       {"model:version": "why"}: never retried automatically
+    STATE/status.json       the agent's last status, for `agent status` and the API
+    STATE/agent.lock        one agent per state folder (fcntl)
+
+Crash safety comes from ordering, not from recovery code: a version folder appears by one
+``os.replace`` only when complete, and the pointer (written aside, fsynced, renamed, folder
+fsynced) only ever names installed folders.  So after a kill at any instant the pointer is
+either the old one or the new one, and both name whole versions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bentos.errors import UsageError
+from bentos.keystore import fsync_dir, write_private
+from bentos.manifest import canonical_json
+
+KEEP = 2  # the active version and one previous good one, for rollback
+
+
+@dataclass(frozen=True)
+class Pointer:
+    model: str | None = None
+    active: str | None = None
+    previous: tuple[str, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({"model": self.model, "active": self.active, "previous": list(self.previous)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Pointer:
+        d = json.loads(data)
+        return cls(d.get("model"), d.get("active"), tuple(d.get("previous") or ()))
+
+    def activated(self, model: str, version: str, keep: int = KEEP) -> Pointer:
+        """The pointer after ``version`` becomes active (pure)."""
+        history = [v for v in ((self.active,) + self.previous) if v and v != version]
+        if self.model not in (None, model):
+            history = []  # a different model: its versions are no rollback target
+        return Pointer(model, version, tuple(history[: keep - 1]))
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        return tuple(v for v in (self.active, *self.previous) if v)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    write_private(path, data, mode=mode)
+
+
+class DeviceState:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tuf = root / "tuf"
+        self.versions = root / "versions"
+        self.staging = root / "staging"
+        self.pointer_file = root / "active"
+        self.failed_file = root / "failed.json"
+        self.status_file = root / "status.json"
+        self.lock_file = root / "agent.lock"
+        self.root_file = root / "root.json"
+        self.key_file = root / "device.key"
+        self.pub_file = root / "device.pub"
+        self._lock_fd: int | None = None
+
+    def ensure(self) -> None:
+        for d in (self.root, self.tuf, self.versions, self.staging):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ---- the one-agent lock ------------------------------------------------------------------
+
+    def lock(self) -> None:
+        self.ensure()
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"another agent is using {self.root} (lock {self.lock_file} is held); "
+                             "stop it first or give this one another --state") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- pointer, failures, status -----------------------------------------------------------
+
+    def pointer(self) -> Pointer:
+        try:
+            return Pointer.from_bytes(self.pointer_file.read_bytes())
+        except FileNotFoundError:
+            return Pointer()
+        except (ValueError, AttributeError):
+            # Cannot happen through os.replace; a hand-edited file must not brick the device.
+            return Pointer()
+
+    def set_pointer(self, p: Pointer) -> None:
+        atomic_write(self.pointer_file, p.to_bytes())
+
+    def failed(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.failed_file.read_bytes())
+            return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def record_failure(self, key: str, reason: str) -> None:
+        failed = self.failed()
+        failed[key] = reason
+        atomic_write(self.failed_file, canonical_json(failed))
+
+    def clear_failure(self, key: str) -> bool:
+        failed = self.failed()
+        if failed.pop(key, None) is None:
+            return False
+        atomic_write(self.failed_file, canonical_json(failed))
+        return True
+
+    def write_status(self, status: Mapping[str, Any]) -> None:
+        atomic_write(self.status_file, json.dumps(status, indent=2, sort_keys=True).encode())
+
+    def read_status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.status_file.read_bytes()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    # ---- version folders ---------------------------------------------------------------------
+
+    def version_dir(self, version: str) -> Path:
+        return self.versions / version
+
+    def staging_dir(self, version: str) -> Path:
+        return self.staging / version
+
+    def install(self, version: str) -> Path:
+        """Move a complete, verified staging folder into ``versions/`` in one rename."""
+        src, dest = self.staging_dir(version), self.version_dir(version)
+        for path in src.rglob("*"):
+            if path.is_dir():
+                fsync_dir(path)
+        fsync_dir(src)
+        if dest.exists():  # left by a crash before the pointer named it: not in use
+            if version in self.pointer().versions:
+                raise UsageError(f"version {version} is installed and in use; refusing to replace it")
+            shutil.rmtree(dest)
+        self.versions.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        fsync_dir(self.versions)
+        fsync_dir(self.staging)
+        return dest
+
+    def discard(self, version: str) -> None:
+        """Remove a version that failed (staged or installed), unless the pointer names it."""
+        shutil.rmtree(self.staging_dir(version), ignore_errors=True)
+        if version not in self.pointer().versions:
+            shutil.rmtree(self.version_dir(version), ignore_errors=True)
+
+    def prune(self, keep_staging: str | None = None) -> list[str]:
+        """Delete installed versions the pointer no longer names, and stale staging folders."""
+        keep = set(self.pointer().versions)
+        removed = []
+        for d in sorted(self.versions.iterdir()) if self.versions.exists() else []:
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d.name)
+        for d in sorted(self.staging.iterdir()) if self.staging.exists() else []:
+            if d.name != keep_staging:
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+        return removed

@@ -1,0 +1,113 @@
+"""The update cycle as data: stages, outcomes, transitions, and the polling delay.
+
+The agent (``edge.sync.agent``) runs one stage at a time and reports how it went; this
+module says where that leads.  Nothing here does I/O, so the whole table is checked by
+unit tests, and the agent's shell stays a loop over ``next_stage``.
+
+    refresh -> select -> download -> verify -> install -> health -> swap -> commit -> updated
+                  \\-> up_to_date
+    any stage -> error     a transient failure (network, disk): retried after a backoff
+    any stage -> refused   the channel or the version is bad: a version-specific refusal
+                           is recorded in failed.json and never retried automatically
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from tuf.api import exceptions as tuf_exc
+
+from bentos.errors import (
+    BentoEdgeError,
+    ChannelError,
+    DecryptionError,
+    FormatError,
+    HealthCheckError,
+    IntegrityError,
+    SignatureError,
+    VerificationError,
+)
+
+
+class Stage(str, Enum):
+    REFRESH = "refresh"
+    SELECT = "select"
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    INSTALL = "install"
+    HEALTH = "health"
+    SWAP = "swap"
+    COMMIT = "commit"
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    NOTHING = "nothing"  # select found no newer permitted version
+    TRANSIENT = "transient"  # network, disk full, a server hiccup: try again later
+    REJECTED = "rejected"  # this version is bad: record it, never retry
+    DISTRUSTED = "distrusted"  # the channel's metadata is bad (not one version): keep serving
+
+
+class Result(str, Enum):
+    UPDATED = "updated"
+    UP_TO_DATE = "up_to_date"
+    ERROR = "error"
+    REFUSED = "refused"
+
+
+ORDER = list(Stage)
+
+# Only OK moves forward; the rest end the cycle the same way from every stage.
+TERMINAL = {
+    Outcome.NOTHING: Result.UP_TO_DATE,
+    Outcome.TRANSIENT: Result.ERROR,
+    Outcome.REJECTED: Result.REFUSED,
+    Outcome.DISTRUSTED: Result.REFUSED,
+}
+
+
+def next_stage(stage: Stage, outcome: Outcome) -> Stage | Result:
+    if outcome is Outcome.OK:
+        i = ORDER.index(stage)
+        return ORDER[i + 1] if i + 1 < len(ORDER) else Result.UPDATED
+    if outcome is Outcome.NOTHING and stage is not Stage.SELECT:
+        raise ValueError(f"only selection may find nothing to do, not {stage.value}")
+    return TERMINAL[outcome]
+
+
+def records_failure(stage: Stage, outcome: Outcome) -> bool:
+    """Whether the chosen version goes on the failed list."""
+    return outcome is Outcome.REJECTED and ORDER.index(stage) >= ORDER.index(Stage.DOWNLOAD)
+
+
+def classify(stage: Stage, exc: BaseException) -> Outcome:
+    """How a failure at ``stage`` ends the cycle."""
+    if isinstance(exc, tuf_exc.LengthOrHashMismatchError) and stage is Stage.DOWNLOAD:
+        return Outcome.REJECTED  # the target is not what the signed metadata says
+    if isinstance(exc, tuf_exc.RepositoryError):
+        return Outcome.DISTRUSTED  # bad signature, expired, rolled back, mixed: not any one version
+    if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
+        return Outcome.DISTRUSTED if stage is Stage.REFRESH else Outcome.REJECTED  # endless data
+    if isinstance(exc, tuf_exc.DownloadError | OSError | TimeoutError):
+        return Outcome.TRANSIENT
+    if isinstance(exc, SignatureError | IntegrityError | FormatError | DecryptionError | HealthCheckError
+                  | VerificationError | ChannelError):
+        return Outcome.REJECTED if stage is not Stage.REFRESH else Outcome.DISTRUSTED
+    if isinstance(exc, BentoEdgeError):
+        return Outcome.REJECTED
+    return Outcome.TRANSIENT  # unknown: do not blacklist a version for our own bug
+
+
+def next_delay(poll_seconds: float, consecutive_errors: int, rand: float,
+               min_backoff: float = 5.0) -> float:
+    """Seconds to wait before the next poll.
+
+    ``rand`` in [0, 1) comes from the caller (pure here).  Healthy polls spread over
+    ±10 % of ``poll_seconds`` so a fleet does not poll in step; after errors the wait
+    doubles from ``min_backoff`` up to ``poll_seconds`` with full jitter in its upper half.
+    """
+    rand = min(max(rand, 0.0), 1.0)
+    if consecutive_errors <= 0:
+        return poll_seconds * (0.9 + 0.2 * rand)
+    cap = min(poll_seconds, min_backoff * 2 ** min(consecutive_errors - 1, 20))
+    return cap * (0.5 + 0.5 * rand)

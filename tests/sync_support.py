@@ -1,0 +1,91 @@
+"""Test support for the update channel and the sync agent: tiny real sealed models, devices.
+
+Models are sealed with the real ``bentos.sealed.seal`` around a real 1 KB TFLite model
+(``tests/data/sync_tiny_fp32.tflite``: softmax(x @ W + b), x of shape [n, 4]), with golden
+samples computed by the real LiteRT interpreter, so the agent's health check is genuine.
+``broken_golden=True`` seals expected outputs that are off, so the health check fails.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from bentos.golden import Golden
+from bentos.keystore import LocalKeys
+from bentos.manifest import Signature, TensorSpec
+from bentos.recipients import KekRecipient
+from bentos.sealed import Plain, SealedModel, SealRequest, seal
+from bentos.signing import raw_public
+from edge.active import ActiveModel
+from edge.config import AgentConfig
+from edge.runtime import interpreter_class
+
+TINY = Path(__file__).parent / "data" / "sync_tiny_fp32.tflite"
+SIG = Signature((TensorSpec("x", "float32", (None, 4)),), (TensorSpec("y", "float32", (None, 3)),))
+
+
+def run_tflite(model: bytes, x: np.ndarray) -> np.ndarray:
+    cls, _ = interpreter_class()
+    interp = cls(model_content=model)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]))
+
+
+def seal_tiny(out: Path, home: Path, version: str, release: int, name: str = "tiny",
+              model_bytes: bytes | None = None, broken_golden: bool = False,
+              signer: Ed25519PrivateKey | None = None) -> SealedModel:
+    keys = LocalKeys(home)
+    keys.init()
+    model = model_bytes if model_bytes is not None else TINY.read_bytes()
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    y = run_tflite(model, x) + (0.5 if broken_golden else 0.0)
+    golden = Golden({"x": x}, {"edge-fp32": {"y": y.astype(np.float32)}})
+    req = SealRequest(
+        name=name, version=version, release=release, source={"kind": "tflite", "sha256": "0" * 64},
+        signature=SIG,
+        artifacts=[Plain("edge-fp32", "edge", model, "litert", "fp32"),
+                   Plain("golden-edge", "edge", golden.to_bytes()),
+                   Plain("cloud-fp32", "cloud", os.urandom(256), "onnxruntime", "fp32")],
+        golden={"edge": "golden-edge", "count": 2, "tolerances": {"edge-fp32": {"atol": 1e-4, "rtol": 1e-3}}},
+    )
+    seal(req, out, [KekRecipient(keys.kek())], signer or keys.signing_key())
+    return SealedModel.open(out)
+
+
+@dataclass
+class Device:
+    config: AgentConfig
+    key: X25519PrivateKey
+    pub_pem: bytes
+    active: ActiveModel
+
+
+def make_device(state: Path, channel_url: str, root: bytes, signer_pub: bytes, device_id: str = "dev-1",
+                device_class: str = "default", **extra: object) -> Device:
+    """What ``agent init`` does, in-process: key pair, trust anchor, config."""
+    state.mkdir(parents=True, exist_ok=True)
+    key = X25519PrivateKey.generate()
+    (state / "device.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (state / "device.pub").write_bytes(pub)
+    (state / "root.json").write_bytes(root)
+    cfg = AgentConfig(device_id=device_id, channel=channel_url, cloud="http://127.0.0.1:9", state=str(state),
+                      device_class=device_class, trusted_signers=(signer_pub.hex(),), **extra)  # type: ignore[arg-type]
+    return Device(cfg, key, pub, ActiveModel())
+
+
+def signer_pub(home: Path) -> bytes:
+    LocalKeys(home).init()
+    return raw_public(LocalKeys(home).signing_key().public_key())
