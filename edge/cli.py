@@ -1,0 +1,201 @@
+"""``bentoedge agent ...``: provision a device, run one update cycle, show status, run.
+
+Imports only what a device has (``bentoedge[edge]``): no TensorFlow, BentoML or boto3
+at import time.  ``agent run`` serves the local API (``edge.server.AgentServer``) and runs
+the sync loop in the same process until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import Metadata
+
+from bentos.errors import ChannelError, ConfigError, KeyMissingError
+from bentos.keystore import default_home, load_ed25519_public, write_private
+from edge import config as agent_config
+from edge.active import ActiveModel
+from edge.fetchers import fetcher_for
+from edge.state import DeviceState
+
+MAX_ROOTS = 256
+
+
+def _latest_root(channel: str) -> bytes:
+    """The channel's newest root (trust on first use, at provisioning time only)."""
+    fetcher = fetcher_for(channel)
+    base = channel.rstrip("/") + "/metadata/"
+    found: bytes | None = None
+    for n in range(1, MAX_ROOTS + 1):
+        try:
+            found = fetcher.download_bytes(f"{base}{n}.root.json", 512_000)
+        except tuf_exc.DownloadHTTPError as exc:
+            if exc.status_code in (403, 404):
+                break
+            raise ChannelError(f"cannot read {base}{n}.root.json: {exc}") from None
+        except tuf_exc.DownloadError as exc:
+            raise ChannelError(f"cannot reach channel {channel}: {exc.__cause__ or exc}") from None
+    if found is None:
+        raise ChannelError(f"{channel} has no metadata/1.root.json; is it a bentoedge channel (channel init)?")
+    return found
+
+
+@click.group()
+def agent() -> None:
+    """The on-device agent: init, sync, status, run."""
+
+
+@agent.command("init")
+@click.option("--channel", required=True, help="Update channel: file:///path, http(s)://... or s3://bucket/prefix.")
+@click.option("--cloud", required=True, help="Cloud endpoint for fallback, e.g. http://host:3000.")
+@click.option("--state", type=click.Path(path_type=Path), default=None, help="State folder (default $BENTOEDGE_HOME/agent).")
+@click.option("--device-id", default=None, help="Device id (default: generated).")
+@click.option("--device-class", default="default", show_default=True, help="Device class for targeted rollouts.")
+@click.option("--port", default=3000, show_default=True, type=int, help="Local API port.")
+@click.option("--model", default="", help="Model name to follow (default: the only one published).")
+@click.option("--signer", "signers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Trusted model-signer public key PEM (repeatable; default $BENTOEDGE_HOME/keys/signing.pub).")
+@click.option("--root", "root_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Channel root metadata to embed (default: fetch the channel's newest root now).")
+def init(channel: str, cloud: str, state: Path | None, device_id: str | None, device_class: str, port: int,
+         model: str, signers: tuple[Path, ...], root_file: Path | None) -> None:
+    """Provision this device: key pair, embedded channel root, trusted signers, agent.toml."""
+    state = (state or agent_config.default_state()).resolve()
+    st = DeviceState(state)
+    st.ensure()
+    if not signers:
+        default = default_home() / "keys" / "signing.pub"
+        if not default.exists():
+            raise KeyMissingError(f"no model-signer key to trust: pass --signer PUBFILE (none at {default})")
+        signers = (default,)
+    trusted = tuple(load_ed25519_public(p.read_bytes(), str(p)).hex() for p in signers)
+    root = root_file.read_bytes() if root_file else _latest_root(channel)
+    try:
+        md = Metadata.from_bytes(root)
+        if md.signed.type != "root":
+            raise ValueError("not root metadata")
+    except Exception as exc:
+        raise ChannelError(f"the channel root is not valid TUF root metadata: {exc}") from None
+    if not st.key_file.exists():
+        key = X25519PrivateKey.generate()
+        write_private(st.key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+        write_private(st.pub_file, key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
+    write_private(st.root_file, root, mode=0o644)
+    cfg = agent_config.AgentConfig(device_id=device_id or f"dev-{uuid.uuid4().hex[:12]}", channel=channel,
+                                   cloud=cloud, state=str(state), port=port, device_class=device_class,
+                                   model=model, trusted_signers=trusted)
+    path = agent_config.save(cfg)
+    click.echo(f"device {cfg.device_id} provisioned: config {path}")
+    click.echo(f"trusting channel root v{md.signed.version} and {len(trusted)} model signer(s)")
+    click.echo(f"public key: {st.pub_file}")
+    click.echo(f"enroll it on the publisher: bentoedge channel enroll {cfg.device_id} {st.pub_file} "
+               f"--channel {channel} && bentoedge publish NAME:VERSION --channel {channel}")
+
+
+def _load(config_path: Path | None) -> agent_config.AgentConfig:
+    return agent_config.load(config_path)
+
+
+@agent.command("sync")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="agent.toml path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sync(config_path: Path | None, as_json: bool) -> None:
+    """Run one update cycle, then exit: 0 updated or up to date, 1 refused or failed."""
+    from edge.sync import SyncAgent
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = _load(config_path)
+    with SyncAgent(cfg, ActiveModel()) as ag:
+        ag.start_up()
+        r = ag.sync_once()
+    if as_json:
+        click.echo(json.dumps({"result": r.result, "version": r.version, "reason": r.reason,
+                               "stages": dict(r.stages), "requests": r.requests, "bytes": r.bytes}))
+    else:
+        click.echo(f"{r.result}: {r.reason}")
+    sys.exit(0 if r.ok else 1)
+
+
+@agent.command("status")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="agent.toml path.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Show the active version, the last check and error, and failed versions."""
+    cfg = _load(config_path)
+    st = DeviceState(cfg.state_dir)
+    data: dict[str, Any] = st.read_status()
+    p = st.pointer()
+    data.update({"device_id": cfg.device_id, "channel": cfg.channel, "pointer": {
+        "model": p.model, "active": p.active, "previous": list(p.previous)}, "failed": st.failed()})
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    active = f"{p.model}:{p.active}" if p.active else "none (requests go to the cloud)"
+    click.echo(f"device     {cfg.device_id} ({cfg.device_class})")
+    click.echo(f"channel    {cfg.channel}")
+    click.echo(f"active     {active}   previous: {', '.join(p.previous) or '-'}")
+    click.echo(f"last check {data.get('last_check') or 'never'}  result: {data.get('last_result') or '-'}")
+    if data.get("last_error"):
+        click.echo(f"last error {data['last_error']}")
+    for key, why in sorted(st.failed().items()):
+        click.echo(f"failed     {key}: {why}")
+
+
+@agent.command("run")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="agent.toml path.")
+@click.option("--port", type=int, default=None, help="Override the local API port.")
+def run(config_path: Path | None, port: int | None) -> None:
+    """Run the sync loop and the local prediction API until SIGTERM or Ctrl-C."""
+    from edge.sync import SyncAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = agent_config.with_overrides(_load(config_path), port=port)
+    active = ActiveModel()
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with SyncAgent(cfg, active) as ag:
+        ag.start_up()
+        server = _server(cfg, active, ag.status)
+        if server is not None:
+            server.start()
+            click.echo(f"serving on {server.url}", err=True)
+        loop = threading.Thread(target=ag.run_forever, args=(stop,), name="bentoedge-sync", daemon=True)
+        loop.start()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            if server is not None:
+                server.stop()
+            loop.join(timeout=30)
+
+
+def _server(cfg: agent_config.AgentConfig, active: ActiveModel, status_provider: Any) -> Any:
+    try:
+        from edge.server import AgentServer
+    except ImportError as exc:
+        if exc.name != "edge.server":
+            raise
+        logging.getLogger("bentoedge.agent").warning("edge.server is not available: running the sync loop only")
+        return None
+    if not cfg.state_dir.exists():
+        raise ConfigError(f"state folder {cfg.state_dir} is missing; run 'bentoedge agent init'")
+    return AgentServer(cfg, active, status_provider=status_provider)
