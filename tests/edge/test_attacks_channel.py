@@ -1,0 +1,305 @@
+"""Attacks on the update channel, after python-tuf's RepositorySimulator tests.
+
+Each test runs a real folder channel with real sealed models (a 1 KB TFLite model and
+its golden samples), lets a device take v1 (or v2), then plays the attacker by editing
+or re-signing the channel's files, and checks two things: the attack is refused, and
+the old version is still active and answering.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
+from sync_support import Device, make_device, seal_tiny, signer_pub  # noqa: E402
+
+from bentos.errors import UsageError  # noqa: E402
+from cloud.channel import Channel, repo  # noqa: E402
+from cloud.channel.channel import hashed_name  # noqa: E402
+from edge.sync import SyncAgent  # noqa: E402
+
+X = {"x": np.ones((1, 4), np.float32)}
+
+
+@dataclass
+class World:
+    tmp: Path
+    home: Path
+    ch: Channel
+    dev: Device
+    agent: SyncAgent
+
+    @property
+    def meta(self) -> Path:
+        return self.tmp / "chan" / "metadata"
+
+    def publish(self, version: str, release: int, **kw: object) -> None:
+        seal_kw = {k: kw.pop(k) for k in ("broken_golden", "signer") if k in kw}
+        sealed = seal_tiny(self.tmp / f"sealed-{version}-{os.urandom(3).hex()}", self.home, version, release,
+                           **seal_kw)  # type: ignore[arg-type]
+        self.ch.publish(sealed, **kw)  # type: ignore[arg-type]
+
+    def serving(self) -> str | None:
+        m = self.dev.active.get()
+        if m is None:
+            return None
+        assert m.predict(X)["y"].shape == (1, 3)  # it still answers
+        return m.version
+
+    def target_file(self, version: str, rel: str) -> Path:
+        md = self.ch.load()
+        path = f"tiny/{version}/{rel}"
+        sha = md.targets.signed.targets[path].hashes["sha256"]
+        return self.tmp / "chan" / "targets" / hashed_name(path, sha)
+
+    def resign(self, role: str, md: Metadata, signer: CryptoSigner | None = None, name: str | None = None) -> None:
+        md.signatures.clear()
+        md.sign(signer or self.ch._signer(role))
+        file = name or (f"{md.signed.version}.{role}.json" if role != "timestamp" else "timestamp.json")
+        (self.meta / file).write_bytes(md.to_bytes())
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    home = tmp_path / "home"
+    ch = Channel.init((tmp_path / "chan").as_uri(), home=home)
+    dev = make_device(tmp_path / "dev", ch.url, ch.root_bytes(), signer_pub(home))
+    ch.enroll("dev-1", dev.pub_pem)
+    agent = SyncAgent(dev.config, dev.active)
+    w = World(tmp_path, home, ch, dev, agent)
+    w.publish("v1", 1)
+    assert agent.sync_once().result == "updated"
+    assert w.serving() == "v1"
+    yield w
+    agent.close()
+
+
+def refused(w: World, still: str = "v1") -> str:
+    r = w.agent.sync_once()
+    assert r.result in ("refused", "error"), r
+    assert w.serving() == still
+    assert w.agent.status()["last_error"]
+    assert w.agent.state.pointer().active == still
+    return r.reason
+
+
+def test_normal_update_then_up_to_date(world: World) -> None:
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    assert world.serving() == "v2"
+    r = world.agent.sync_once()
+    assert r.result == "up_to_date" and r.requests <= 2  # root probe (404) + timestamp
+
+
+def test_tampered_target_ciphertext(world: World) -> None:
+    world.publish("v2", 2)
+    f = world.target_file("v2", "artifacts/edge-fp32.tflite.enc")
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1
+    f.write_bytes(bytes(data))
+    assert "LengthOrHashMismatch" in refused(world)
+    assert "tiny:v2" in world.agent.status()["failed"]
+    # A refused version is never retried automatically.
+    assert world.agent.sync_once().result == "up_to_date"
+
+
+def test_arbitrary_target_not_in_metadata_is_never_fetched(world: World) -> None:
+    world.publish("v2", 2)
+    md = world.ch.load()
+    fake = "tiny/v2/artifacts/evil.bin"
+    manifest = md.targets.signed.targets["tiny/v2/manifest.json"]
+    manifest.unrecognized_fields["custom"]["bentoedge"]["files"].append(fake)
+    # Without the targets key the attacker can only edit the file: the signature breaks.
+    (world.meta / f"{md.targets.signed.version}.targets.json").write_bytes(md.targets.to_bytes())
+    assert refused(world)
+    assert "tiny:v2" not in world.agent.status()["failed"]  # metadata attack, not the version's fault
+
+
+def test_timestamp_rollback(world: World) -> None:
+    old = (world.meta / "timestamp.json").read_bytes()
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    (world.meta / "timestamp.json").write_bytes(old)
+    assert "BadVersionNumber" in refused(world, still="v2")
+
+
+def test_snapshot_rollback_with_stolen_timestamp_key(world: World) -> None:
+    md1 = world.ch.load()
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    ts = world.ch.load().timestamp
+    ts.signed.version += 1
+    ts.signed.snapshot_meta.version = md1.snapshot.signed.version
+    world.resign("timestamp", ts)
+    assert "snapshot" in refused(world, still="v2").lower()
+
+
+def test_targets_rollback_with_stolen_online_keys(world: World) -> None:
+    md1 = world.ch.load()
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    md = world.ch.load()
+    snap = md.snapshot
+    snap.signed.version += 1
+    snap.signed.meta["targets.json"].version = md1.targets.signed.version
+    world.resign("snapshot", snap)
+    ts = md.timestamp
+    ts.signed.version += 1
+    ts.signed.snapshot_meta.version = snap.signed.version
+    world.resign("timestamp", ts)
+    assert refused(world, still="v2")
+
+
+def test_release_counter_rollback_is_not_taken(world: World) -> None:
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    world.publish("v0", 1, check_release=False)  # signed, newer channel state, older release
+    assert world.agent.sync_once().result == "up_to_date"
+    assert world.serving() == "v2"
+
+
+def test_release_mismatch_between_channel_and_manifest(world: World) -> None:
+    sealed = seal_tiny(world.tmp / "s-mix", world.home, "v2", 2)
+    world.ch.publish(sealed)
+    md = world.ch.load()
+    md.targets.signed.targets["tiny/v2/manifest.json"].unrecognized_fields["custom"]["bentoedge"]["release"] = 9
+    world.ch._commit_targets(md)  # a compromised targets key claims release 9
+    assert "refusing the mix" in refused(world)
+
+
+def test_freeze_with_expired_timestamp(world: World) -> None:
+    world.publish("v2", 2)
+    ts = world.ch.load().timestamp
+    ts.signed.version += 1
+    ts.signed.expires = repo.utcnow() - timedelta(hours=1)
+    world.resign("timestamp", ts)
+    assert "expired" in refused(world).lower()
+
+
+def test_mix_and_match_targets(world: World) -> None:
+    md1_targets = (world.meta / f"{world.ch.load().targets.signed.version}.targets.json").read_bytes()
+    world.publish("v2", 2)
+    v = world.ch.load().targets.signed.version
+    (world.meta / f"{v}.targets.json").write_bytes(md1_targets)  # an older, validly signed targets
+    assert refused(world)
+
+
+def test_endless_metadata(world: World) -> None:
+    world.publish("v2", 2)
+    ts = world.meta / "timestamp.json"
+    ts.write_bytes(ts.read_bytes() + b" " * 40_000)
+    assert refused(world)
+
+
+def test_endless_target(world: World) -> None:
+    world.publish("v2", 2)
+    f = world.target_file("v2", "artifacts/edge-fp32.tflite.enc")
+    f.write_bytes(f.read_bytes() + os.urandom(1 << 20))
+    assert "longer than" in refused(world)
+
+
+def test_timestamp_signed_by_wrong_key(world: World) -> None:
+    world.publish("v2", 2)
+    ts = world.ch.load().timestamp
+    ts.signed.version += 1
+    world.resign("timestamp", ts, signer=CryptoSigner(Ed25519PrivateKey.generate()))
+    assert refused(world)
+
+
+def _root_signers(w: World) -> list[CryptoSigner]:
+    root = w.ch.load().root.signed
+    return w.ch._root_signers(root, None)  # type: ignore[return-value]
+
+
+def test_root_below_threshold_is_refused(world: World) -> None:
+    md = world.ch.load()
+    root = md.root
+    root.signed.version += 1
+    repo.replace_role_key(root.signed, "timestamp", CryptoSigner(Ed25519PrivateKey.generate()).public_key)
+    root.signatures.clear()
+    root.sign(_root_signers(world)[0])  # 1 of the 2 needed
+    (world.meta / f"{root.signed.version}.root.json").write_bytes(root.to_bytes())
+    world.publish("v2", 2)
+    assert "root" in refused(world).lower()
+
+
+def test_root_rotation_done_right_is_followed(world: World) -> None:
+    world.ch.rotate("root")
+    world.ch.rotate("timestamp")
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    assert world.serving() == "v2"
+    updater = world.agent._updater()
+    updater.refresh()
+    assert updater._trusted_set.root.version == 3
+
+
+def test_root_rotation_signed_only_by_new_keys_is_refused(world: World) -> None:
+    md = world.ch.load()
+    root = md.root
+    root.signed.version += 1
+    new = [CryptoSigner(Ed25519PrivateKey.generate()) for _ in range(3)]
+    repo.rotate_root(root.signed, [s.public_key for s in new], 2)
+    root.signatures.clear()
+    for s in new[:2]:
+        root.sign(s, append=True)
+    (world.meta / f"{root.signed.version}.root.json").write_bytes(root.to_bytes())
+    world.publish("v2", 2)
+    assert refused(world)
+
+
+def test_version_for_another_device_class(world: World) -> None:
+    world.publish("v2", 2, device_classes=("jetson",))
+    r = world.agent.sync_once()
+    assert r.result == "up_to_date" and "tiny:v1" in r.reason
+    assert world.serving() == "v1"
+    assert not (world.agent.state.versions / "v2").exists()
+
+
+def test_manifest_signed_by_untrusted_model_key(world: World) -> None:
+    world.publish("v2", 2, signer=Ed25519PrivateKey.generate())
+    assert "not trusted" in refused(world)
+    assert "tiny:v2" in world.agent.status()["failed"]
+
+
+def test_failed_health_check_keeps_old_version(world: World) -> None:
+    world.publish("v2", 2, broken_golden=True)
+    assert "health" in refused(world)
+    assert not (world.agent.state.versions / "v2").exists()
+
+
+def test_restart_rolls_back_when_active_version_fails_its_check(world: World) -> None:
+    world.publish("v2", 2)
+    assert world.agent.sync_once().result == "updated"
+    world.agent.close()
+    enc = world.agent.state.versions / "v2" / "artifacts" / "edge-fp32.tflite.enc"
+    data = bytearray(enc.read_bytes())
+    data[-5] ^= 1
+    enc.write_bytes(bytes(data))
+    from edge.active import ActiveModel
+
+    active = ActiveModel()
+    with SyncAgent(world.dev.config, active) as again:
+        again.start_up()
+        assert active.get() is not None and active.get().version == "v1"  # type: ignore[union-attr]
+        assert again.state.pointer().active == "v1"
+        assert "tiny:v2" in again.state.failed()
+    world.agent.state.lock()  # give the fixture's agent its lock back for teardown
+
+
+def test_one_agent_per_state_folder(world: World) -> None:
+    from edge.active import ActiveModel
+
+    with pytest.raises(UsageError, match="another agent"):
+        SyncAgent(world.dev.config, ActiveModel())
