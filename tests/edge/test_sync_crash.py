@@ -1,0 +1,115 @@
+"""Crash consistency: SIGKILL the agent at every stage of an update, and at random moments.
+
+The agent runs as a real subprocess (``python -m bentoedge agent sync``); the test-only
+hook ``BENTOEDGE_TEST_CRASH_AT=<stage>`` makes it SIGKILL itself right after that stage.
+After each kill the state folder must name a whole, valid active version (signature,
+hashes, decryption and golden samples all pass), and a restart must finish the update.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
+from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
+
+from bentos.recipients import Keyring  # noqa: E402
+from bentos.sealed import SealedModel  # noqa: E402
+from cloud.channel import Channel  # noqa: E402
+from edge import config as agent_config  # noqa: E402
+from edge.state import DeviceState  # noqa: E402
+from edge.sync.agent import load_and_check, trusted_signers  # noqa: E402
+from edge.sync.machine import Stage  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def agent_sync(cfg_path: Path, crash_at: str | None = None, timeout: float = 60) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("BENTOEDGE_TEST_CRASH_AT", None)
+    if crash_at:
+        env["BENTOEDGE_TEST_CRASH_AT"] = crash_at
+    return subprocess.Popen([sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg_path)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def assert_valid_active(state_dir: Path, expect: set[str]) -> str:
+    cfg = agent_config.load(state_dir / "agent.toml")
+    st = DeviceState(state_dir)
+    p = st.pointer()
+    assert p.active in expect, p
+    sealed = SealedModel.open(st.version_dir(p.active))
+    sealed.verify(trusted_signers(cfg), target="edge")
+    key = serialization.load_pem_private_key(st.key_file.read_bytes(), password=None)
+    load_and_check(sealed, Keyring().add_x25519(key), cfg)  # type: ignore[arg-type]
+    return p.active
+
+
+@pytest.fixture(scope="module")
+def provisioned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A device at v1 (its state folder, as a template) and a channel offering v2."""
+    tmp = tmp_path_factory.mktemp("crash")
+    home = tmp / "home"
+    ch = Channel.init((tmp / "chan").as_uri(), home=home)
+    dev = make_device(tmp / "template", ch.url, ch.root_bytes(), signer_pub(home))
+    agent_config.save(dev.config)
+    ch.enroll("dev-1", dev.pub_pem)
+    ch.publish(seal_tiny(tmp / "s1", home, "v1", 1))
+    proc = agent_sync(tmp / "template" / "agent.toml")
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    assert_valid_active(tmp / "template", {"v1"})
+    ch.publish(seal_tiny(tmp / "s2", home, "v2", 2))
+    return tmp, tmp / "template"
+
+
+def fresh_device(tmp: Path, template: Path, name: str) -> Path:
+    state = tmp / name
+    shutil.copytree(template, state)
+    cfg = agent_config.load(template / "agent.toml")
+    agent_config.save(agent_config.with_overrides(cfg, state=str(state)), state / "agent.toml")
+    return state
+
+
+@pytest.mark.parametrize("stage", [s.value for s in Stage] + ["download-chunk"])
+def test_kill_at_each_stage_leaves_a_valid_active_version(provisioned: tuple[Path, Path], stage: str) -> None:
+    tmp, template = provisioned
+    state = fresh_device(tmp, template, f"dev-{stage}")
+    proc = agent_sync(state / "agent.toml", crash_at=stage)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    before = assert_valid_active(state, {"v1", "v2"})
+    if Stage.COMMIT.value == stage:
+        assert before == "v2"  # the pointer was written before the kill
+    restart = agent_sync(state / "agent.toml")
+    out = restart.communicate(timeout=120)[0].decode()
+    assert restart.returncode == 0, out
+    assert assert_valid_active(state, {"v2"}) == "v2"
+    assert DeviceState(state).failed() == {}
+
+
+def test_kill_at_random_moments(provisioned: tuple[Path, Path]) -> None:
+    tmp, template = provisioned
+    rng = random.Random(1234)
+    for trial in range(6):
+        state = fresh_device(tmp, template, f"dev-random-{trial}")
+        proc = agent_sync(state / "agent.toml")
+        time.sleep(rng.uniform(0.2, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        assert_valid_active(state, {"v1", "v2"})
+        restart = agent_sync(state / "agent.toml")
+        out = restart.communicate(timeout=120)[0].decode()
+        assert restart.returncode == 0, out
+        assert assert_valid_active(state, {"v2"}) == "v2"
