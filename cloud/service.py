@@ -1,0 +1,169 @@
+"""The BentoML service that serves a sealed model in the cloud (``bentoml serve cloud.service:SealedService``).
+
+Which model: ``BENTOEDGE_MODEL="name[:version]"``, read when this module is imported, so
+``bentoml build`` records the sealed model as the Bento's model dependency (``BentoModel``)
+and ``bentoml serve`` / a container load that same model.  Without a version the newest
+release in the store is taken.
+
+Start-up (``cloud.service_model.open_cloud_model``) verifies the signature, unwraps the
+cloud artifact's key (local KEK or AWS KMS), decrypts it in memory into an ONNX Runtime
+session (CUDA + fp16 when a GPU is there, CPU + fp32/int8 otherwise) and runs the sealed
+golden samples.  Any failure is logged as one line (``bentoedge: refusing to serve ...``)
+and the worker does not start, so /readyz never answers 200 for a model that is not the
+signed one.
+
+The API (DESIGN.md section 10) lives in ``cloud.service_http``, mounted at /predict,
+/invocations and /ping; it calls ``infer`` below, a batchable ``@bentoml.api``, through
+BentoML's adaptive-batching dispatcher.  ``infer`` is also reachable on its own BentoML
+route (/infer, BentoML's JSON form ``{"x": [...]}``) for BentoML clients.
+
+All settings come from the environment (``cloud.service_core`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bentos.api import validate_inputs
+from bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
+from bentos.sealed import SealedModel
+from bentos.store import ModelStore, sealed_path_of, split_tag
+from cloud.service_core import CloudSettings, batchable
+from cloud.service_http import OPENAPI_PATHS, find_batcher, logger, make_app
+from cloud.service_model import Loaded, open_cloud_model
+
+SETTINGS = CloudSettings.from_env()
+
+
+def _resolve_tag(spec: str | None) -> str | None:
+    """``name`` -> ``name:vN`` of the newest release in the store, so the Bento pins one version."""
+    if not spec:
+        return None
+    name, version = split_tag(spec)
+    if version:
+        return f"{name}:{version}"
+    try:
+        return ModelStore().get(name).manifest.tag
+    except NotFoundError:
+        return name  # let BentoML resolve it (e.g. inside a Bento, whose store is its own)
+
+
+MODEL_TAG = _resolve_tag(SETTINGS.model)
+
+
+class DocsMiddleware:
+    """Adds the contract's routes to the OpenAPI document BentoML serves at /docs.json."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/docs.json":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    body = b"".join(chunks)
+                    try:
+                        doc = json.loads(body)
+                        doc.setdefault("paths", {}).update(OPENAPI_PATHS)
+                        body = json.dumps(doc).encode()
+                    except (ValueError, AttributeError):
+                        pass  # not JSON: pass BentoML's answer through untouched
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, capture)
+
+
+def _current() -> SealedService:
+    return bentoml.get_current_service()  # type: ignore[no-any-return]
+
+
+@bentoml.service(
+    name="bentoedge",
+    traffic={"timeout": 60, "max_concurrency": 256},
+    workers=1,
+)
+@bentoml.asgi_app(make_app(_current), path="/", name="bentoedge-api")
+class SealedService:
+    """A sealed bentoedge model: POST /predict with {"inputs": {...}} (see /docs.json)."""
+
+    if MODEL_TAG:
+        model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        self.max_payload = SETTINGS.max_payload
+        self._ready = False
+        self._warned_unbatched = False
+        try:
+            if not MODEL_TAG:
+                raise NotFoundError("BENTOEDGE_MODEL is not set; set it to name[:version] of a sealed model")
+            sealed = SealedModel.open(sealed_path_of(self.model))
+            self.loaded: Loaded = open_cloud_model(sealed, SETTINGS)
+        except BentoEdgeError as exc:
+            # One line that says why; the worker then exits and the server never becomes ready.
+            logger.error("bentoedge: refusing to serve %s: %s", MODEL_TAG, exc)
+            raise SystemExit(3) from None
+        manifest = sealed.manifest
+        self.name, self.version, self.signature = manifest.name, manifest.version, manifest.signature
+        self.batchable = batchable(manifest) and len(manifest.signature.outputs) == 1
+        self._input = manifest.signature.inputs[0].name
+        self._output = manifest.signature.outputs[0].name
+        p = self.loaded.placement
+        logger.info("bentoedge: serving %s with %s on %s [%s]; %d golden samples passed; decrypt %.3fs, ready %.3fs",
+                    manifest.tag, p.artifact.id, ",".join(self.loaded.model.providers), p.reason,
+                    self.loaded.golden_count, self.loaded.decrypt_seconds, self.loaded.load_seconds)
+        self._ready = True
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    @bentoml.api(batchable=True, max_batch_size=max(1, SETTINGS.max_batch),
+                 max_latency_ms=max(1, SETTINGS.max_latency_ms))
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The model on a batch of its single input; /predict batches requests into this."""
+        if not self.batchable:
+            raise bentoml.exceptions.InvalidArgument(
+                "this model takes several inputs or outputs; use POST /predict with named inputs")
+        try:
+            arrays = validate_inputs({self._input: x}, self.signature)
+        except RequestError as exc:
+            raise bentoml.exceptions.InvalidArgument(exc.message) from None
+        return self.loaded.model.predict(arrays)[self._output]
+
+    async def run(self, arrays: dict[str, np.ndarray], server: Any) -> dict[str, np.ndarray]:
+        """Validated inputs -> outputs, through BentoML's batching when the model allows it."""
+        if self.batchable:
+            batcher = find_batcher(server, "infer")
+            if batcher is not None:
+                try:
+                    out = await batcher(arrays[self._input])
+                except bentoml.exceptions.ServiceUnavailable as exc:
+                    raise UnavailableError(f"the cloud service is overloaded ({exc}); retry later", "overloaded") from None
+                return {self._output: np.asarray(out)}
+            if not self._warned_unbatched:
+                self._warned_unbatched = True
+                logger.warning("bentoedge: BentoML's batch dispatcher was not found; serving unbatched")
+        return await anyio.to_thread.run_sync(self.loaded.model.predict, arrays)
+
+
+SealedService.add_asgi_middleware(DocsMiddleware)  # type: ignore[attr-defined]

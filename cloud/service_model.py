@@ -1,0 +1,165 @@
+"""Bringing a sealed model up in the cloud: verify, unwrap, decrypt in memory, run, self-check.
+
+``open_cloud_model`` is the whole start-up path of the cloud service, in the order that
+lets nothing unverified run: signature against the trusted signers, hashes of the cloud
+artifacts, data-key unwrap (local KEK or AWS KMS), decryption into memory,
+``onnxruntime.InferenceSession(bytes)`` (the plaintext never touches the disk), and the
+sealed golden samples.  Any failure is a ``BentoEdgeError`` whose one-line message the
+service logs before refusing to start.
+
+``CloudModel.predict`` maps manifest names onto the session's inputs/outputs (by name,
+or by position when an exporter renamed them) and is thread-safe: ONNX Runtime sessions
+accept concurrent ``run`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bentos.errors import HealthCheckError, KeyMissingError
+from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
+from bentos.keystore import LocalKeys, default_home
+from bentos.manifest import Artifact, Manifest
+from bentos.recipients import Keyring
+from bentos.sealed import SealedModel
+from cloud.service_core import CloudSettings, Placement, choose_placement, trusted_from_hex
+
+
+def trusted_signers(settings: CloudSettings, env: Mapping[str, str] = os.environ) -> dict[str, bytes]:
+    trusted = trusted_from_hex(settings.trusted_hex)
+    trusted.update(LocalKeys(default_home(env)).trusted_signers())
+    if not trusted:
+        raise KeyMissingError("no trusted signer keys: set BENTOEDGE_TRUSTED_SIGNERS (hex) "
+                              "or put signing.pub/trusted/*.pub under $BENTOEDGE_HOME/keys")
+    return trusted
+
+
+def keyring_for(settings: CloudSettings, sealed: SealedModel, env: Mapping[str, str] = os.environ) -> Keyring:
+    """The keys this process may unwrap with: a KEK file if present, KMS when wrapped for it."""
+    ring = Keyring()
+    if settings.kek_file:
+        try:
+            kek = bytes.fromhex(Path(settings.kek_file).read_text().strip())
+        except (OSError, ValueError):
+            raise KeyMissingError(f"BENTOEDGE_KEK_FILE={settings.kek_file}: cannot read a hex KEK there") from None
+        if len(kek) != 32:
+            raise KeyMissingError(f"BENTOEDGE_KEK_FILE={settings.kek_file}: a KEK must be 64 hex digits")
+        ring.add_kek(kek)
+    else:
+        local = LocalKeys(default_home(env))
+        if (local.dir / "kek.key").exists():
+            ring.add_kek(local.kek())
+    wrapped_for_kms = any(w.get("type") == "kms" for ws in sealed.wraps().values() for w in ws)
+    if settings.kms if settings.kms is not None else wrapped_for_kms:
+        ring.kms_client_factory = _kms_client
+    return ring
+
+
+def _kms_client() -> Any:
+    import boto3  # the cloud extra has it; endpoint and region come from the AWS_* env
+
+    return boto3.client("kms")
+
+
+def onnx_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class CloudModel:
+    """One decrypted cloud artifact in an ONNX Runtime session."""
+
+    def __init__(self, manifest: Manifest, artifact: Artifact, model_bytes: bytes,
+                 providers: tuple[str, ...], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.manifest = manifest
+        self.artifact = artifact
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=list(providers))
+        self.providers = tuple(self.session.get_providers())
+        sess_in = [i.name for i in self.session.get_inputs()]
+        sess_out = [o.name for o in self.session.get_outputs()]
+        want_in = [t.name for t in manifest.signature.inputs]
+        want_out = [t.name for t in manifest.signature.outputs]
+        if len(sess_in) != len(want_in) or len(sess_out) != len(want_out):
+            raise HealthCheckError(f"{artifact.id}: the ONNX graph's inputs/outputs do not match the manifest signature")
+        # Names match unless an exporter renamed them; converters keep the order.
+        self._in = {n: n for n in want_in} if set(sess_in) == set(want_in) else dict(zip(want_in, sess_in, strict=True))
+        self._out = want_out if set(sess_out) == set(want_out) else sess_out
+        self._out_names = want_out
+        self._types = {i.name: i.type for i in self.session.get_inputs()}
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {self._in[k]: _cast(v, self._types[self._in[k]]) for k, v in inputs.items()}
+        values = self.session.run(self._out, feed)
+        return dict(zip(self._out_names, values, strict=True))
+
+
+def _cast(arr: np.ndarray, ort_type: str) -> np.ndarray:
+    # The fp16 artifact may take float16 inputs while the manifest speaks float32.
+    if ort_type == "tensor(float16)" and arr.dtype != np.float16:
+        return arr.astype(np.float16)
+    return arr
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: CloudModel
+    placement: Placement
+    golden_count: int
+    decrypt_seconds: float
+    load_seconds: float
+
+
+def open_cloud_model(sealed: SealedModel, settings: CloudSettings, env: Mapping[str, str] = os.environ,
+                     providers: list[str] | None = None) -> Loaded:
+    t0 = time.perf_counter()
+    sealed.verify(trusted_signers(settings, env), target="cloud")
+    placement = choose_placement(sealed.manifest, providers if providers is not None else onnx_providers(), settings)
+    ring = keyring_for(settings, sealed, env)
+    plain = sealed.decrypt(placement.artifact.id, ring)
+    t1 = time.perf_counter()
+    try:
+        model = CloudModel(sealed.manifest, placement.artifact, bytes(plain), placement.providers, settings.ort_threads)
+    except HealthCheckError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph kinds
+        raise HealthCheckError(f"{sealed.manifest.tag}: onnxruntime cannot load {placement.artifact.id}: {exc}") from None
+    finally:
+        plain[:] = b"\0" * len(plain)  # drop our copy of the plaintext as soon as the session has it
+    count = golden_check(model, sealed, ring)
+    return Loaded(model, placement, count, t1 - t0, time.perf_counter() - t0)
+
+
+def golden_check(model: CloudModel, sealed: SealedModel, keyring: Keyring) -> int:
+    """Run the sealed cloud golden samples; how many passed, or HealthCheckError."""
+    manifest = sealed.manifest
+    golden_id = (manifest.golden or {}).get("cloud")
+    if not golden_id:
+        raise HealthCheckError(f"{manifest.tag} carries no cloud golden samples; rebuild it to get a readiness check")
+    golden = Golden.from_bytes(sealed.decrypt(golden_id, keyring))
+    expected = golden.expected.get(model.artifact.id)
+    if expected is None:
+        raise HealthCheckError(f"the golden samples of {manifest.tag} hold no outputs for {model.artifact.id}")
+    tol = ((manifest.golden or {}).get("tolerances") or {}).get(model.artifact.id) or {}
+    atol = float(tol.get("atol", DEFAULT_ATOL.get(model.artifact.precision or "fp32", 1e-4)))
+    rtol = float(tol.get("rtol", DEFAULT_RTOL))
+    try:
+        outputs = model.predict(golden.inputs)
+    except Exception as exc:  # any runtime failure is a failed check
+        raise HealthCheckError(f"{manifest.tag} {model.artifact.id} failed on its golden samples: {exc}") from None
+    problems = compare(outputs, expected, atol, rtol)
+    if problems:
+        raise HealthCheckError(f"{manifest.tag} {model.artifact.id} failed its golden samples: {problems[0]}")
+    return int(next(iter(golden.inputs.values())).shape[0])
