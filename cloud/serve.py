@@ -24,6 +24,7 @@ from bentos.errors import HealthCheckError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "cloud.service:SealedService"
+REFUSAL = "bentoedge: refusing to serve"  # the line cloud.service logs when it will not start
 
 
 def serve_command(port: int, host: str = "127.0.0.1", service: str = SERVICE) -> list[str]:
@@ -60,6 +61,8 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise HealthCheckError(f"the server exited with code {proc.returncode} before it was ready: {last_reason(log)}")
+        if refused(log):  # BentoML restarts a failed worker forever; a refusal will not heal itself
+            raise HealthCheckError(f"the server will not become ready: {last_reason(log)}")
         try:
             with urllib.request.urlopen(f"{url.rstrip('/')}/readyz", timeout=2) as resp:
                 if resp.status == 200:
@@ -70,12 +73,16 @@ def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | 
     raise HealthCheckError(f"the server at {url} was not ready within {timeout:.0f}s: {last_reason(log)}")
 
 
+def refused(log: Path | None) -> bool:
+    return log is not None and log.exists() and REFUSAL.encode() in log.read_bytes()
+
+
 def last_reason(log: Path | None) -> str:
     """The server's own explanation: our refusal line if it logged one, else its last line."""
     if log is None or not log.exists():
         return "no log"
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    refusals = [ln for ln in lines if "bentoedge: refusing to serve" in ln]
+    refusals = [ln for ln in lines if REFUSAL in ln]
     return (refusals or lines or ["empty log"])[-1].strip()
 
 

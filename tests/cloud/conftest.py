@@ -1,101 +1,32 @@
-"""Fixtures for the cloud tests: a small sealed ONNX model in a BentoML store, and one server.
+"""Fixtures for the cloud tests: a small sealed model in the BentoML store, and one server.
 
-The model is made with the ``onnx`` helper API (no TensorFlow): a dense layer and a
-softmax over 64 inputs, like the digits example, sealed with ``bentos.sealed.seal`` for
-the local KEK with cloud-fp32 and cloud-int8 artifacts plus golden samples, so these
-tests do not wait for the build pipeline.  One ``bentoml serve`` process serves it for
-the whole session (each start costs seconds on two cores).
+One ``bentoml serve`` process serves the tiny sealed model (``service_support``) for the
+whole session, because each start costs seconds on two cores.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
+from service_support import TinySealed, free_port, seal_tiny
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:  # the repository's packages, when bentoedge is not pip-installed
+    sys.path.insert(0, _ROOT)
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 if "BENTOML_HOME" not in os.environ:  # tests/conftest.py normally does this
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoedge-cloud-bentoml-")
 
 
-def tiny_onnx(features: int = 64, classes: int = 10, seed: int = 0) -> bytes:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.3, (features, classes)).astype(np.float32)
-    b = rng.normal(0, 0.1, (classes,)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"]),
-         helper.make_node("Softmax", ["z"], ["probs"], axis=-1)],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(["probs"], {"x": x})[0])
-
-
-@dataclass(frozen=True)
-class TinySealed:
-    home: Path          # BENTOEDGE_HOME with keys
-    tag: str            # name:version in the BentoML store
-    path: Path          # the sealed directory inside the store
-    onnx_fp32: bytes    # the plaintext, for comparing with the raw runtime
-
-
-def seal_tiny(home: Path, name: str = "tiny", version: str = "v1", release: int = 1) -> TinySealed:
-    from bentos.golden import Golden
-    from bentos.keystore import LocalKeys
-    from bentos.manifest import Signature, TensorSpec
-    from bentos.recipients import KekRecipient
-    from bentos.sealed import Plain, SealRequest, seal
-    from bentos.store import ModelStore
-
-    keys = LocalKeys(home)
-    keys.init()
-    fp32 = tiny_onnx()
-    x = np.random.default_rng(1).random((4, 64), dtype=np.float32)
-    golden = Golden({"x": x}, {"cloud-fp32": {"probs": run_onnx(fp32, x)}})
-    sig = Signature((TensorSpec("x", "float32", (None, 64)),), (TensorSpec("probs", "float32", (None, 10)),))
-    req = SealRequest(
-        name=name, version=version, release=release, source={"kind": "onnx", "sha256": "0" * 64},
-        signature=sig,
-        artifacts=[Plain("cloud-fp32", "cloud", fp32, "onnxruntime", "fp32"),
-                   Plain("golden-cloud", "cloud", golden.to_bytes())],
-        golden={"edge": None, "cloud": "golden-cloud", "count": 4,
-                "tolerances": {"cloud-fp32": {"atol": 1e-5, "rtol": 1e-4}}},
-    )
-    sealed = ModelStore().add(name, version, release,
-                              lambda dst: seal(req, dst, [KekRecipient(keys.kek())], keys.signing_key()))
-    return TinySealed(home, f"{name}:{version}", sealed.path, fp32)
-
-
 @pytest.fixture(scope="session")
 def tiny_sealed(tmp_path_factory: pytest.TempPathFactory) -> TinySealed:
     return seal_tiny(tmp_path_factory.mktemp("cloud-home"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +37,8 @@ def tiny_server(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactor
     port = free_port()
     log = tmp_path_factory.mktemp("cloud-logs") / "serve.log"
     proc = start_server(tiny_sealed.tag, port, env={"BENTOEDGE_HOME": str(tiny_sealed.home),
-                                                    "BENTOEDGE_MAX_LATENCY_MS": "50"}, log=log)
+                                                    "BENTOEDGE_MAX_LATENCY_MS": "50",
+                                                    "BENTOEDGE_MAX_PAYLOAD": str(64 << 10)}, log=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=90, proc=proc, log=log)
