@@ -175,7 +175,10 @@ class SyncAgent:
     # ---- start-up with rollback ---------------------------------------------------------------
 
     def _open_verified(self, version: str, expect: select.Candidate | None = None) -> SealedModel:
-        sealed = SealedModel.open(self.state.version_dir(version))
+        return self._checked(SealedModel.open(self.state.version_dir(version)), expect)
+
+    def _checked(self, sealed: SealedModel, expect: select.Candidate | None) -> SealedModel:
+        """Signature by a trusted model signer, edge hashes, and agreement with the channel."""
         trusted = trusted_signers(self.config)
         if not trusted:
             raise SignatureError("no trusted model signers are configured; re-run 'bentoedge agent init --signer'")
@@ -369,17 +372,7 @@ class SyncAgent:
 
     def _verify_staged(self, cand: select.Candidate) -> None:
         staged = self.state.staging_dir(cand.version)
-        sealed = SealedModel.open(staged)
-        trusted = trusted_signers(self.config)
-        if not trusted:
-            raise SignatureError("no trusted model signers are configured; re-run 'bentoedge agent init --signer'")
-        sealed.verify(trusted, target="edge")
-        m = sealed.manifest
-        if (m.name, m.version, m.release) != (cand.model, cand.version, cand.release):
-            raise FormatError(f"the manifest says {m.tag} release {m.release}, the channel said "
-                              f"{cand.key} release {cand.release}: refusing the mix")
-        if not m.models("edge"):
-            raise FormatError(f"{m.tag} has no edge artifact for this device")
+        m = self._checked(SealedModel.open(staged), cand).manifest
         golden = (m.golden or {}).get("edge")
         needed = {a.file for a in m.artifacts if a.target == "edge" and (a.is_model or a.id == golden)}
         missing = [f for f in sorted(needed) if not (staged / f).exists()]

@@ -1,0 +1,99 @@
+"""The agent's process-level contract: device imports stay light, ``agent sync`` exit codes,
+``agent run`` stops cleanly on SIGTERM with its status written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
+from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
+
+from cloud.channel import Channel  # noqa: E402
+from edge import config as agent_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "cloud")
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("BENTOEDGE_TEST_CRASH_AT", None)
+    return env
+
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in HEAVY:
+            raise ImportError(f'blocked {name}', name=name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_device_modules_import_without_heavy_packages() -> None:
+    # A device has none of these installed; blocking them proves the agent does not need
+    # them (securesystemslib probes boto3 itself, which is why it is blocked, not absent).
+    code = (f"HEAVY = {HEAVY!r}\n{BLOCK}\nimport edge.sync, edge.sync.agent, edge.fetchers, edge.state, edge.cli\n"
+            "import sys; print([m for m in HEAVY if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> tuple[Channel, Path, Path]:
+    home = tmp_path / "home"
+    ch = Channel.init((tmp_path / "chan").as_uri(), home=home)
+    dev = make_device(tmp_path / "dev", ch.url, ch.root_bytes(), signer_pub(home), poll_seconds=0.2)
+    agent_config.save(dev.config)
+    ch.enroll("dev-1", dev.pub_pem)
+    return ch, home, tmp_path / "dev" / "agent.toml"
+
+
+@pytest.mark.slow
+def test_agent_sync_exit_codes(device: tuple[Channel, Path, Path], tmp_path: Path) -> None:
+    ch, home, cfg = device
+    cmd = [sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg), "--json"]
+    ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1, broken_golden=True))
+    r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and json.loads(r.stdout.splitlines()[-1])["result"] == "refused", r.stdout + r.stderr
+    ch.publish(seal_tiny(tmp_path / "s2", home, "v2", 2))
+    r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["result"] == "updated", r.stdout + r.stderr
+    st = subprocess.run([sys.executable, "-m", "bentoedge", "agent", "status", "--config", str(cfg), "--json"],
+                        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    data = json.loads(st.stdout)
+    assert data["pointer"]["active"] == "v2" and "tiny:v1" in data["failed"]
+
+
+@pytest.mark.slow
+def test_agent_run_takes_updates_and_stops_on_sigterm(device: tuple[Channel, Path, Path], tmp_path: Path) -> None:
+    ch, home, cfg = device
+    ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bentoedge", "agent", "run", "--config", str(cfg), "--port", str(port)],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    status = tmp_path / "dev" / "status.json"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if status.exists() and (json.loads(status.read_text()).get("active") or {}).get("version") == "v1":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("agent run did not take v1 within 60 s")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
