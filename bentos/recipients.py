@@ -80,9 +80,14 @@ class WrapContext:
 
 
 class Recipient(Protocol):
-    kind: str
-    keyid: str
-    targets: tuple[str, ...]
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def keyid(self) -> str: ...
+
+    @property
+    def targets(self) -> tuple[str, ...]: ...
 
     def wrap(self, data_key: bytes, ctx: WrapContext) -> dict[str, str]: ...
 

@@ -62,8 +62,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port must be 1..65535, not {self.port}")
+        if not 0 <= self.port < 65536:  # 0: the server picks a free port
+            raise ConfigError(f"port must be 0..65535, not {self.port}")
 
     @property
     def state_dir(self) -> Path:
