@@ -45,3 +45,32 @@ def tiny_server(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactor
         yield url
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `moto_server` process on loopback (AWS APIs: SageMaker, Lambda, IAM, ECR, KMS)."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start (exit {proc.poll()})") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

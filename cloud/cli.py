@@ -1,0 +1,149 @@
+"""``bentoedge serve`` and ``bentoedge deploy``: the cloud verbs of the command line.
+
+``serve`` runs ``bentoml serve cloud.service:SealedService`` for one sealed model as a
+child process, passes its output through, forwards SIGINT/SIGTERM to it, and exits 1 when
+the service refuses the model (bad signature, key or artifact) instead of letting
+BentoML restart it forever.
+
+``deploy`` verifies the sealed model locally, then creates or updates a SageMaker
+Serverless endpoint or a Lambda container function (``cloud.deploy``), printing each
+resource it creates; ``deploy delete`` removes them.  The container gets the model tag,
+the signer's public key and ``BENTOEDGE_KMS=1`` in its environment: in AWS the data keys
+come from KMS.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+from bentos.errors import HealthCheckError
+from bentos.keystore import LocalKeys, default_home
+from bentos.sealed import SealedModel
+
+
+def _sealed(tag: str) -> SealedModel:
+    from bentos.store import ModelStore
+
+    return ModelStore().get(tag)  # NotFoundError (exit 2) names what the store has
+
+
+@click.command("serve")
+@click.argument("model")
+@click.option("--port", "-p", default=3000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
+def serve(model: str, port: int, host: str) -> None:
+    """Serve sealed model MODEL (NAME[:VERSION]) with `bentoml serve` until stopped."""
+    from cloud.serve import REFUSAL, serve_command, server_env
+
+    sealed = _sealed(model)
+    tag = sealed.manifest.tag
+    click.echo(f"serving {tag} on http://{host}:{port} (POST /predict, /docs.json, /readyz)", err=True)
+    proc = subprocess.Popen(serve_command(port, host), env=server_env(tag), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    refused = False
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        sys.stderr.write(raw.decode(errors="replace"))
+        if REFUSAL.encode() in raw:
+            refused = True
+            forward(signal.SIGTERM, None)
+    code = proc.wait()
+    if refused:
+        raise HealthCheckError(f"the cloud service refused {tag}; see the line above")
+    sys.exit(code if code >= 0 else 0)
+
+
+@click.group("deploy")
+def deploy() -> None:
+    """Deploy a sealed model's Bento image to SageMaker Serverless or Lambda; update; delete."""
+
+
+def _aws_options(f: Any) -> Any:
+    f = click.option("--region", default=None, help="AWS region (default: from the AWS config).")(f)
+    f = click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
+                     help="AWS API endpoint (for a local moto_server).")(f)
+    return f
+
+
+def _container_env(sealed: SealedModel) -> dict[str, str]:
+    info = sealed.verify(LocalKeys(default_home()).trusted_signers(), target="cloud")
+    wraps = sealed.wraps()
+    cloud_ids = [a.id for a in sealed.manifest.artifacts if a.target == "cloud"]
+    if not all(any(w.get("type") == "kms" for w in wraps.get(i, [])) for i in cloud_ids):
+        click.secho(f"warning: {sealed.manifest.tag}'s cloud artifacts are not all wrapped for KMS; the container "
+                    "will not be able to unwrap them (build with --recipient kms:ARN)", fg="yellow", err=True)
+    return {"BENTOEDGE_MODEL": sealed.manifest.tag, "BENTOEDGE_TRUSTED_SIGNERS": info.public_key.hex(),
+            "BENTOEDGE_KMS": "1", "BENTOML_DO_NOT_TRACK": "true"}
+
+
+@deploy.command("sagemaker")
+@click.argument("model")
+@click.option("--endpoint", required=True, help="SageMaker endpoint name.")
+@click.option("--image", required=True, help="Container image URI (ECR) built from the Bento.")
+@click.option("--role", required=True, help="Execution role ARN SageMaker assumes.")
+@click.option("--memory", default=2048, show_default=True, type=int, help="MemorySizeInMB (1024-6144).")
+@click.option("--max-concurrency", default=5, show_default=True, type=int, help="MaxConcurrency (1-200).")
+@_aws_options
+def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max_concurrency: int,
+              region: str | None, endpoint_url: str | None) -> None:
+    """Create or update SageMaker Serverless endpoint ENDPOINT to serve MODEL (NAME:VERSION)."""
+    from cloud.deploy.aws import Clients, deploy_sagemaker
+    from cloud.deploy.plan import SageMakerDesired
+
+    sealed = _sealed(model)
+    m = sealed.manifest
+    d = SageMakerDesired(endpoint, m.name, m.version, image, role, memory, max_concurrency, _container_env(sealed))
+    result = deploy_sagemaker(d, Clients(endpoint_url, region), say=click.echo)
+    if result.changed:
+        click.echo(f"endpoint {endpoint} -> {m.tag} ({len(result.done)} change(s))")
+
+
+@deploy.command("lambda")
+@click.argument("model")
+@click.option("--function", "function", required=True, help="Lambda function name.")
+@click.option("--image", required=True, help="Container image URI (ECR) built from the Bento.")
+@click.option("--role", required=True, help="Execution role ARN Lambda assumes.")
+@click.option("--memory", default=2048, show_default=True, type=int, help="MemorySize in MB (128-10240).")
+@click.option("--timeout", "timeout_s", default=60, show_default=True, type=int, help="Timeout in seconds.")
+@_aws_options
+def lambda_(model: str, function: str, image: str, role: str, memory: int, timeout_s: int,
+            region: str | None, endpoint_url: str | None) -> None:
+    """Create or update Lambda container function FUNCTION to serve MODEL (NAME:VERSION)."""
+    from cloud.deploy.aws import Clients, deploy_lambda
+    from cloud.deploy.plan import LambdaDesired
+
+    sealed = _sealed(model)
+    m = sealed.manifest
+    env = _container_env(sealed) | {"AWS_LWA_READINESS_CHECK_PATH": "/readyz", "AWS_LWA_PORT": "3000"}
+    d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env)
+    result = deploy_lambda(d, Clients(endpoint_url, region), say=click.echo)
+    if result.changed:
+        click.echo(f"function {function} -> {m.tag} ({len(result.done)} change(s))")
+
+
+@deploy.command("delete")
+@click.argument("platform", type=click.Choice(["sagemaker", "lambda"]))
+@click.argument("name")
+@_aws_options
+def delete(platform: str, name: str, region: str | None, endpoint_url: str | None) -> None:
+    """Delete SageMaker endpoint NAME (with its configs and models) or Lambda function NAME."""
+    from cloud.deploy.aws import Clients, delete_lambda, delete_sagemaker
+
+    clients = Clients(endpoint_url, region)
+    result = (delete_sagemaker if platform == "sagemaker" else delete_lambda)(name, clients, say=click.echo)
+    click.echo(f"deleted {name} ({len(result.done)} resource(s))")

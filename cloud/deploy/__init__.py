@@ -1,0 +1,1 @@
+"""Serverless deploys of the cloud service: a pure plan (plan.py) and the boto3 shell (aws.py)."""

@@ -1,0 +1,211 @@
+"""Serverless deploys: the pure plan as units, and the CLI against a real moto_server process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from service_support import TinySealed
+
+from bentos.errors import DeployError
+from cloud.deploy.plan import (
+    LambdaCurrent,
+    LambdaDesired,
+    SageMakerCurrent,
+    SageMakerDesired,
+    Step,
+    plan_lambda,
+    plan_sagemaker,
+    plan_sagemaker_delete,
+    undo,
+)
+
+ROLE = "arn:aws:iam::123456789012:role/bentoedge-exec"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1"
+
+
+def sm(version: str = "v1", **kw: object) -> SageMakerDesired:
+    base: dict = {"endpoint": "digits", "model_name": "digits", "model_version": version, "image": IMAGE, "role": ROLE}
+    return SageMakerDesired(**(base | kw))  # type: ignore[arg-type]
+
+
+# ---- pure plan --------------------------------------------------------------------------------
+
+def test_first_deploy_creates_model_config_endpoint() -> None:
+    steps = plan_sagemaker(sm(), SageMakerCurrent())
+    assert [s.action for s in steps] == ["create_model", "create_endpoint_config", "create_endpoint"]
+    serverless = steps[1].args["ProductionVariants"][0]["ServerlessConfig"]  # type: ignore[index]
+    assert serverless == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+
+
+def test_same_deploy_again_plans_nothing() -> None:
+    d = sm()
+    cur = SageMakerCurrent(frozenset({d.sm_model}), frozenset({d.sm_config}), d.sm_config)
+    assert plan_sagemaker(d, cur) == []
+
+
+def test_new_version_is_a_new_config_and_an_update() -> None:
+    old = sm("v1")
+    cur = SageMakerCurrent(frozenset({old.sm_model}), frozenset({old.sm_config}), old.sm_config)
+    steps = plan_sagemaker(sm("v2"), cur)
+    assert [s.action for s in steps] == ["create_model", "create_endpoint_config", "update_endpoint"]
+    assert steps[-1].args["EndpointConfigName"] == sm("v2").sm_config != old.sm_config
+
+
+def test_bad_requests_are_refused_before_any_call() -> None:
+    with pytest.raises(DeployError, match="IAM role ARN"):
+        plan_sagemaker(sm(role=""), SageMakerCurrent())
+    with pytest.raises(DeployError, match="no container image"):
+        plan_sagemaker(sm(image=""), SageMakerCurrent())
+    with pytest.raises(DeployError, match="MemorySizeInMB|SageMaker Serverless takes"):
+        plan_sagemaker(sm(memory_mb=1000), SageMakerCurrent())
+
+
+def test_delete_removes_only_what_this_tool_named() -> None:
+    cur = SageMakerCurrent(frozenset({"digits-v1-aa", "other-v1"}), frozenset({"digits-v1-aa-cfg"}), "digits-v1-aa-cfg")
+    steps = plan_sagemaker_delete("digits", cur)
+    assert [s.describe() for s in steps] == ["delete_endpoint digits", "delete_endpoint_config digits-v1-aa-cfg",
+                                             "delete_model digits-v1-aa"]
+
+
+def test_lambda_plans() -> None:
+    d = LambdaDesired("digits-fn", "digits", "v1", IMAGE, ROLE, env={"BENTOEDGE_MODEL": "digits:v1"})
+    assert [s.action for s in plan_lambda(d, LambdaCurrent())] == ["create_function"]
+    same = LambdaCurrent(True, IMAGE, {"BENTOEDGE_MODEL": "digits:v1"}, 2048)
+    assert plan_lambda(d, same) == []
+    newer = LambdaDesired("digits-fn", "digits", "v2", IMAGE.replace(":v1", ":v2"), ROLE, env={"BENTOEDGE_MODEL": "digits:v2"})
+    assert [s.action for s in plan_lambda(newer, same)] == ["update_function_configuration", "update_function_code"]
+
+
+def test_undo_inverts_creations_only() -> None:
+    assert undo(Step("create_model", "m", {})) == Step("delete_model", "m", {"ModelName": "m"})
+    assert undo(Step("update_endpoint", "e", {})) is None
+
+
+# ---- against moto_server ------------------------------------------------------------------------
+
+@pytest.fixture()
+def aws(moto_url: str, tiny_sealed: TinySealed, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": moto_url, "BENTOEDGE_HOME": str(tiny_sealed.home)}.items():
+        monkeypatch.setenv(k, v)
+    iam = boto3.client("iam", endpoint_url=moto_url)
+    try:
+        iam.create_role(RoleName="bentoedge-exec", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+                        "Statement": []}))
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    yield moto_url
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from bentoedge.cli import cli as root
+
+    result = CliRunner().invoke(root, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def endpoint_config(url: str, name: str) -> str | None:
+    import boto3
+
+    client = boto3.client("sagemaker", endpoint_url=url)
+    try:
+        return str(client.describe_endpoint(EndpointName=name)["EndpointConfigName"])
+    except client.exceptions.ClientError:
+        return None
+
+
+def sm_names(url: str, prefix: str) -> tuple[set[str], set[str]]:
+    import boto3
+
+    client = boto3.client("sagemaker", endpoint_url=url)
+    models = {m["ModelName"] for m in client.list_models(NameContains=prefix)["Models"]}
+    configs = {c["EndpointConfigName"] for c in client.list_endpoint_configs(NameContains=prefix)["EndpointConfigs"]}
+    return models, configs
+
+
+def test_sagemaker_create_update_idempotent_delete(aws: str, tiny_sealed: TinySealed) -> None:
+    args = ["deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "tiny-ep", "--image", "example.org/bentoedge:v1",
+            "--role", ROLE]
+    code, out = cli(*args)
+    assert code == 0, out
+    assert "create model" in out and "create endpoint config" in out and "create endpoint: tiny-ep" in out
+    first = endpoint_config(aws, "tiny-ep")
+    assert first is not None
+
+    code, out = cli(*args)  # same again: nothing to do
+    assert code == 0 and "nothing to do" in out and endpoint_config(aws, "tiny-ep") == first
+
+    models_before = sm_names(aws, "tiny-ep")
+    code, out = cli(*args[:-4], "--image", "example.org/bentoedge:v2", "--role", ROLE, "--memory", "3072")
+    assert "create endpoint config" in out, out
+    if code == 0:  # a SageMaker that implements UpdateEndpoint switches the endpoint in place
+        assert "update endpoint: tiny-ep" in out
+        assert endpoint_config(aws, "tiny-ep") not in (None, first)
+    else:  # moto 5.2 answers UpdateEndpoint with 500: the new model and config are rolled back
+        assert code == 2 and "update_endpoint tiny-ep failed" in out and "rolled back" in out, out
+        assert endpoint_config(aws, "tiny-ep") == first  # the old version keeps serving
+        assert sm_names(aws, "tiny-ep") == models_before  # nothing half-made stays
+
+    code, out = cli("deploy", "delete", "sagemaker", "tiny-ep")
+    assert code == 0, out
+    assert endpoint_config(aws, "tiny-ep") is None
+    assert sm_names(aws, "tiny-ep") == (set(), set())
+
+
+def test_missing_version_role_or_image_exit_2_and_leave_nothing(aws: str, tiny_sealed: TinySealed) -> None:
+    code, out = cli("deploy", "sagemaker", "tiny:v404", "--endpoint", "nope-ep", "--image", "x/y:1", "--role", ROLE)
+    assert code == 2 and "no sealed model 'tiny:v404'" in out
+    code, out = cli("deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "nope-ep", "--image", "x/y:1",
+                    "--role", "arn:aws:iam::123456789012:role/does-not-exist")
+    assert code == 2 and "does-not-exist cannot be used" in out
+    code, out = cli("deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "nope-ep", "--image",
+                    "123456789012.dkr.ecr.us-east-1.amazonaws.com/missing:v1", "--role", ROLE)
+    assert code == 2 and "not in ECR" in out
+    assert endpoint_config(aws, "nope-ep") is None and sm_names(aws, "nope-ep") == (set(), set())
+
+
+def test_a_failing_step_rolls_back_what_it_created(aws: str) -> None:
+    from cloud.deploy.aws import Clients, run_steps
+
+    d = sm(endpoint="rb-ep")
+    steps = plan_sagemaker(d, SageMakerCurrent())
+    # Point the endpoint at a config that does not exist, so create_endpoint fails after two creations.
+    broken = [*steps[:2], Step("create_endpoint", "rb-ep", {"EndpointName": "rb-ep", "EndpointConfigName": "rb-ep-missing"})]
+    said: list[str] = []
+    with pytest.raises(DeployError, match="create_endpoint rb-ep failed .*rolled back"):
+        run_steps(Clients(aws), "sagemaker", broken, said.append)
+    assert sm_names(aws, "rb-ep") == (set(), set()) and endpoint_config(aws, "rb-ep") is None
+
+
+def test_lambda_create_update_delete(aws: str, tiny_sealed: TinySealed) -> None:
+    import boto3
+
+    args = ["deploy", "lambda", tiny_sealed.tag, "--function", "tiny-fn", "--role", ROLE]
+    code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
+    if code != 0 and "not in ECR" in out:  # push a (manifest-only) image into moto's ECR first
+        ecr = boto3.client("ecr", endpoint_url=aws)
+        ecr.create_repository(repositoryName="bentoedge")
+        for tag in ("v1", "v2"):
+            ecr.put_image(repositoryName="bentoedge", imageTag=tag, imageManifest=json.dumps(
+                {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                 "config": {"digest": f"sha256:{tag * 32}"[:71]}, "layers": []}))
+        code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
+    assert code == 0 and "create function: tiny-fn" in out, out
+    lam = boto3.client("lambda", endpoint_url=aws)
+    conf = lam.get_function(FunctionName="tiny-fn")
+    assert conf["Configuration"]["PackageType"] == "Image"
+    assert conf["Configuration"]["Environment"]["Variables"]["BENTOEDGE_MODEL"] == tiny_sealed.tag
+    code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
+    assert code == 0 and "nothing to do" in out
+    code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v2")
+    assert code == 0 and "update function code: tiny-fn" in out, out
+    assert lam.get_function(FunctionName="tiny-fn")["Code"]["ImageUri"].endswith(":v2")
+    code, out = cli("deploy", "delete", "lambda", "tiny-fn")
+    assert code == 0, out
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_function(FunctionName="tiny-fn")
