@@ -2,8 +2,9 @@
 
 Which model: ``BENTOEDGE_MODEL="name[:version]"``, read when this module is imported, so
 ``bentoml build`` records the sealed model as the Bento's model dependency (``BentoModel``)
-and ``bentoml serve`` / a container load that same model.  Without a version the newest
-release in the store is taken.
+and ``bentoml serve`` loads that same model.  Without a version the newest release in the
+store is taken; without the variable, inside a container, the model the Bento was built
+with (its bento.yaml).
 
 Start-up (``cloud.service_model.open_cloud_model``) verifies the signature, unwraps the
 cloud artifact's key (local KEK or AWS KMS), decrypts it in memory into an ONNX Runtime
@@ -23,6 +24,8 @@ All settings come from the environment (``cloud.service_core`` lists them).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,10 +44,22 @@ from cloud.service_model import Loaded, open_cloud_model
 SETTINGS = CloudSettings.from_env()
 
 
+def _bento_model() -> str | None:
+    """Inside a built Bento (a container), the sealed model it was built with."""
+    bento_yaml = Path(os.environ.get("BENTO_PATH", "/nonexistent")) / "bento.yaml"
+    if not bento_yaml.is_file():
+        return None
+    import yaml  # a BentoML dependency
+
+    doc = yaml.safe_load(bento_yaml.read_text()) or {}
+    tags = [m.get("tag") for svc in doc.get("services") or [] for m in svc.get("models") or []]
+    return str(tags[0]) if tags else None
+
+
 def _resolve_tag(spec: str | None) -> str | None:
     """``name`` -> ``name:vN`` of the newest release in the store, so the Bento pins one version."""
     if not spec:
-        return None
+        return _bento_model()
     name, version = split_tag(spec)
     if version:
         return f"{name}:{version}"
