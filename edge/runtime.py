@@ -17,7 +17,6 @@ version up and prove it before it serves.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,10 +78,17 @@ class EdgeModel:
         self.artifact = artifact
         self.signature = manifest.signature
         cls, self.runtime_name = interpreter_class()
+        self.workers = max(1, workers)
+        # threads=0 (the config's "let the runtime decide") must reach the runtime as None.
+        num_threads = threads if threads and threads > 0 else None
         self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        for _ in range(max(1, workers)):
-            self._pool.put(_Slot(cls(model_content=model_bytes, num_threads=threads), manifest))
-        self._closed = threading.Event()
+        slots = [_Slot(cls(model_content=model_bytes, num_threads=num_threads), manifest)
+                 for _ in range(self.workers)]
+        for slot in slots:
+            self._pool.put(slot)
+        #: Input name -> the artifact's own shape signature (-1 = any size); the router
+        #: forwards requests whose shapes a fixed dim rejects instead of failing locally.
+        self.fixed_shapes = dict(slots[0].signature_shapes)
 
     @property
     def name(self) -> str:
@@ -110,6 +116,8 @@ class _Slot:
         self.inputs = {n: _bind(d) for n, d in in_details.items()}
         self.outputs = {n: _bind(d) for n, d in out_details.items()}
         self.shapes = {n: tuple(d["shape"]) for n, d in in_details.items()}
+        self.signature_shapes = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"]))
+                                 for n, d in in_details.items()}
 
     @staticmethod
     def _details(interp: Any, manifest: Manifest) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,196 @@
+"""Forwarding a prediction request to the cloud endpoint, with a deadline and bounded retries.
+
+The only door from the device API to the network.  It speaks plain HTTP/1.1 with the
+standard library (``http.client``) over a small pool of keep-alive connections, so a device
+needs no HTTP dependency and a forwarded request pays no new TCP handshake.
+
+Every call has a deadline: connecting, sending and each read get the time that is left,
+and a body that trickles in past the deadline is cut off.  Only connection errors (refused,
+reset, a stale keep-alive socket) are retried, at most ``retries`` times and only while time
+is left; a timeout or a bad answer is never retried, since the cloud may be doing the work.
+An answer is accepted only if it has the contract's shape (a 2xx JSON object with
+``outputs``, or a readable ``.npz``; a 4xx with an ``error``); anything else is garbage and
+counts as a failure for the circuit breaker.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from bentos.api import HEADER_MODEL, HEADER_VERSION, NPZ, decode_npz
+
+MAX_ANSWER_BYTES = 64 << 20
+_CHUNK = 1 << 16
+
+
+class CloudError(Exception):
+    """The cloud did not give a usable answer; ``kind`` is a reason token for metrics/status."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CloudAnswer:
+    status: int
+    body: bytes
+    content_type: str
+    model_version: str = ""
+    model_name: str = ""
+    doc: dict[str, Any] | None = field(default=None, repr=False)  # the parsed JSON body, when JSON
+
+
+class CloudClient:
+    """Posts request bodies to ``<cloud>/predict``; thread-safe."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0, retries: int = 1, pool_size: int = 8,
+                 path: str = "/predict") -> None:
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"the cloud URL must be http(s)://host[:port], not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port or (443 if self._https else 80)
+        self._path = (url.path.rstrip("/") or "") + path
+        self.timeout_s = timeout_s
+        self.retries = max(0, retries)
+        self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=pool_size)
+
+    def predict(self, body: bytes, content_type: str, accept: str | None, deadline: float) -> CloudAnswer:
+        """Forward one request; CloudAnswer for a valid answer (2xx or 4xx), CloudError otherwise."""
+        headers = {"Content-Type": content_type or "application/json", "Content-Length": str(len(body))}
+        if accept:
+            headers["Accept"] = accept
+        last: CloudError | None = None
+        for _ in range(self.retries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise last or CloudError("cloud_timeout", "no time left before the request deadline")
+            try:
+                return self._once(body, headers, deadline)
+            except _Retryable as exc:
+                last = CloudError("cloud_unreachable", str(exc.__cause__ or exc))
+        assert last is not None
+        raise last
+
+    def _once(self, body: bytes, headers: dict[str, str], deadline: float) -> CloudAnswer:
+        conn, reused = self._connection(deadline)
+        try:
+            try:
+                _set_timeout(conn, deadline)
+                conn.request("POST", self._path, body=body, headers=headers)
+                _set_timeout(conn, deadline)
+                resp = conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine,
+                    BrokenPipeError) as exc:
+                # A refused or reset connection never reached the model: safe to try again.
+                conn.close()
+                raise _Retryable(str(exc)) from exc
+            except TimeoutError:
+                conn.close()
+                raise CloudError("cloud_timeout", f"no answer within the deadline ({self.timeout_s:g}s)") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if not reused and isinstance(exc, OSError):
+                    raise _Retryable(str(exc)) from exc
+                raise CloudError("cloud_unreachable", str(exc)) from None
+            data = self._read(conn, resp, deadline)
+        except BaseException:
+            conn.close()
+            raise
+        if resp.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        return _check(resp.status, data, resp.getheader("content-type") or "",
+                      resp.getheader(HEADER_VERSION) or "", resp.getheader(HEADER_MODEL) or "")
+
+    def _read(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                _set_timeout(conn, deadline)
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise CloudError("cloud_bad_answer", f"the answer is over {MAX_ANSWER_BYTES} bytes")
+                chunks.append(chunk)
+        except TimeoutError:
+            raise CloudError("cloud_timeout", f"the answer did not arrive within the deadline ({self.timeout_s:g}s)") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CloudError("cloud_unreachable", f"the connection broke while reading the answer: {exc}") from None
+
+    def _connection(self, deadline: float) -> tuple[http.client.HTTPConnection, bool]:
+        try:
+            return self._idle.get_nowait(), True
+        except queue.Empty:
+            pass
+        timeout = max(0.001, deadline - time.monotonic())
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=timeout), False
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        try:
+            self._idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _set_timeout(conn: http.client.HTTPConnection, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    conn.timeout = left
+    if conn.sock is not None:
+        conn.sock.settimeout(left)
+
+
+def _check(status: int, data: bytes, content_type: str, version: str, name: str) -> CloudAnswer:
+    """Accept only answers with the contract's shape; garbage is a CloudError."""
+    kind = content_type.split(";")[0].strip().lower()
+    if status >= 500:
+        raise CloudError("cloud_error", f"the cloud answered {status}")
+    if not (200 <= status < 300 or 400 <= status < 500):
+        raise CloudError("cloud_bad_answer", f"unexpected status {status}")
+    if kind == NPZ and 200 <= status < 300:
+        try:
+            decode_npz(data)
+        except Exception:  # numpy raises several kinds for a bad archive
+            raise CloudError("cloud_bad_answer", "the .npz answer is unreadable") from None
+        return CloudAnswer(status, data, NPZ, version, name)
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise CloudError("cloud_bad_answer", f"the answer ({status}) is not JSON") from None
+    if not isinstance(doc, dict):
+        raise CloudError("cloud_bad_answer", "the answer is not a JSON object")
+    if 200 <= status < 300 and not isinstance(doc.get("outputs"), dict):
+        raise CloudError("cloud_bad_answer", "the answer has no \"outputs\" object")
+    if status >= 400 and not isinstance(doc.get("error"), str):
+        raise CloudError("cloud_bad_answer", f"the {status} answer has no \"error\"")
+    model = doc["model"] if isinstance(doc.get("model"), dict) else {}
+    return CloudAnswer(status, data, "application/json", version or str(model.get("version", "")),
+                       name or str(model.get("name", "")), doc)

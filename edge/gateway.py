@@ -1,0 +1,271 @@
+"""One prediction request through the device: validate, route, run locally or forward, answer.
+
+The orchestration between the pure router (``edge.router.decide``), the local model
+(``edge.active.ActiveModel``), the cloud (``edge.cloud_client.CloudClient``) and the circuit
+breaker (``edge.breaker``).  It knows nothing of sockets on the server side: ``predict``
+takes the request's body and headers and returns a ``Reply`` (status, body, headers), which
+``edge.server`` writes out.  That keeps the HTTP layer a thin shell and lets the same code
+run in process for tests and benchmarks.
+
+Order of work for a request: parse and validate against the active model's signature
+(4xx without touching the model); gather the facts; decide; run.  A local failure asks the
+router again with ``local_failed``; a cloud failure asks again with the cloud marked
+unusable, so at most three steps (edge, cloud, edge) happen before a 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from bentos.api import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_MODEL,
+    HEADER_REASON,
+    HEADER_SERVED_BY,
+    HEADER_VERSION,
+    JSON,
+    NPZ,
+    batch_size,
+    encode_npz,
+    parse_request,
+    response_json,
+)
+from bentos.errors import RequestError
+from edge.active import ActiveModel, ServingModel
+from edge.breaker import CircuitBreaker
+from edge.cloud_client import CloudAnswer, CloudClient, CloudError
+from edge.metrics import Metrics
+from edge.router import (
+    CLOUD_CIRCUIT_OPEN,
+    CLOUD_NOT_CONFIGURED,
+    Decision,
+    DeviceState,
+    RequestFacts,
+    RouterPolicy,
+    decide,
+)
+
+log = logging.getLogger("bentoedge.agent")
+
+EWMA_ALPHA = 0.2
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(doc).encode(), JSON, headers or {})
+
+
+class LocalLoad:
+    """In-flight local predictions and the EWMA of their latency (the router's load facts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inflight = 0
+        self.ewma_ms = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.inflight += 1
+
+    def leave(self, ms: float | None) -> None:
+        with self._lock:
+            self.inflight -= 1
+            if ms is not None:
+                self.ewma_ms = ms if self.ewma_ms == 0.0 else (1 - EWMA_ALPHA) * self.ewma_ms + EWMA_ALPHA * ms
+
+
+def read_free_memory_mb(path: str = "/proc/meminfo") -> float | None:
+    """MemAvailable in MiB, or None where the platform does not say (not Linux)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class MemoryProbe:
+    """Free memory, read at most once per ``every_s`` (reading /proc costs more than routing)."""
+
+    def __init__(self, read: Callable[[], float | None] = read_free_memory_mb, every_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._every, self._clock = read, every_s, clock
+        self._at = -1e18
+        self._value: float | None = None
+
+    def __call__(self) -> float | None:
+        now = self._clock()
+        if now - self._at >= self._every:
+            self._value, self._at = self._read(), now
+        return self._value
+
+
+def shapes_fit(fixed: Mapping[str, tuple[int, ...]], arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether the local artifact's fixed dims (-1 = free) accept these arrays."""
+    for name, arr in arrays.items():
+        dims = fixed.get(name)
+        if dims is None:
+            continue
+        if len(dims) != arr.ndim or any(d not in (-1, None) and d != g for d, g in zip(dims, arr.shape, strict=False)):
+            return False
+    return True
+
+
+class Gateway:
+    """Answers prediction requests for the device; thread-safe."""
+
+    def __init__(self, active: ActiveModel, policy: RouterPolicy, cloud: CloudClient | None,
+                 breaker: CircuitBreaker, metrics: Metrics, request_timeout_s: float = 5.0,
+                 memory: Callable[[], float | None] = MemoryProbe(), max_body: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.active = active
+        self.policy = policy
+        self.cloud = cloud
+        self.breaker = breaker
+        self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
+        self.memory = memory
+        self.max_body = max_body
+        self.load = LocalLoad()
+
+    # -- facts ---------------------------------------------------------------------------
+    def cloud_state(self) -> tuple[bool, str]:
+        if self.cloud is None:
+            return False, CLOUD_NOT_CONFIGURED
+        if not self.breaker.usable():
+            return False, CLOUD_CIRCUIT_OPEN
+        return True, ""
+
+    def device_state(self, model: ServingModel | None, workers: int) -> DeviceState:
+        usable, problem = self.cloud_state()
+        artifact = getattr(model, "artifact", None)
+        return DeviceState(
+            model_active=model is not None,
+            has_edge_artifact=artifact is not None and getattr(artifact, "target", "edge") == "edge",
+            inflight=self.load.inflight, ewma_latency_ms=self.load.ewma_ms, workers=workers,
+            free_memory_mb=self.memory(), cloud_usable=usable, cloud_problem=problem)
+
+    def ready(self) -> bool:
+        """Ready when a model is active, or the cloud can answer in the configured mode."""
+        if self.active.get() is not None:
+            return True
+        return self.policy.mode != "edge_only" and self.cloud_state()[0]
+
+    # -- one request ---------------------------------------------------------------------
+    def predict(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        start = time.monotonic()
+        deadline = start + self.request_timeout_s
+        model = self.active.get()  # one model for the whole request, even across a swap
+        arrays: dict[str, np.ndarray] | None = None
+        try:
+            if model is not None:
+                arrays = parse_request(body, content_type, model.signature, self.max_body)
+                facts = RequestFacts(len(body), batch_size(arrays),
+                                     shapes_fit(getattr(model, "fixed_shapes", {}), arrays))
+            else:
+                if len(body) > self.max_body:
+                    raise RequestError(f"the request body is {len(body)} bytes; the limit is {self.max_body}", status=413)
+                facts = RequestFacts(len(body), batch=0)
+        except RequestError as exc:
+            self.metrics.observe("edge", exc.status, time.monotonic() - start)
+            return json_reply(exc.status, exc.to_body())
+        workers = int(getattr(model, "workers", 1) or 1)
+        decision = decide(facts, self.device_state(model, workers), self.policy)
+        cloud_failure = ""
+        for _ in range(3):  # edge -> cloud -> edge at most; each step changes a fact
+            if decision.route == "edge" and model is not None and arrays is not None:
+                reply = self._local(model, arrays, accept, start)
+                if reply is not None:
+                    return reply
+                facts = replace(facts, local_failed=True)
+            elif decision.route == "cloud" and self.cloud is not None:
+                reply, cloud_failure = self._forward(body, content_type, accept, deadline, decision, start)
+                if reply is not None:
+                    return reply
+            else:
+                break
+            state = self.device_state(model, workers)
+            if cloud_failure:
+                state = replace(state, cloud_usable=False, cloud_problem=cloud_failure)
+            decision = decide(facts, state, self.policy)
+        return self._reject(decision, cloud_failure, start)
+
+    def _local(self, model: ServingModel, arrays: dict[str, np.ndarray], accept: str | None,
+               start: float) -> Reply | None:
+        self.load.enter()
+        t0 = time.monotonic()
+        ms: float | None = None
+        try:
+            outputs = model.predict(arrays)
+            ms = (time.monotonic() - t0) * 1000.0
+        except Exception as exc:  # a broken model must never take the server down
+            log.warning("local inference failed on %s: %s: %s", model.version, type(exc).__name__, exc)
+            return None
+        finally:
+            self.load.leave(ms)
+        headers = {HEADER_SERVED_BY: "edge", HEADER_VERSION: model.version, HEADER_MODEL: model.name}
+        if accept and NPZ in accept:
+            reply = Reply(200, encode_npz(outputs), NPZ, headers)
+        else:
+            reply = json_reply(200, response_json(outputs, model.name, model.version, "edge"), headers)
+        self.metrics.observe("edge", 200, time.monotonic() - start)
+        return reply
+
+    def _forward(self, body: bytes, content_type: str | None, accept: str | None, deadline: float,
+                 decision: Decision, start: float) -> tuple[Reply | None, str]:
+        assert self.cloud is not None
+        if not self.breaker.allow():
+            return None, CLOUD_CIRCUIT_OPEN
+        try:
+            answer = self.cloud.predict(body, content_type or JSON, accept, deadline)
+        except CloudError as exc:
+            self.breaker.record_failure()
+            self.metrics.cloud_error(exc.kind)
+            log.info("forwarding to the cloud failed (%s): %s", decision.reason, exc)
+            return None, exc.kind
+        except Exception as exc:  # anything unexpected on the way out counts as a cloud failure
+            self.breaker.record_failure()
+            self.metrics.cloud_error("cloud_error")
+            log.warning("forwarding to the cloud failed unexpectedly: %s: %s", type(exc).__name__, exc)
+            return None, "cloud_error"
+        self.breaker.record_success()
+        reply = self._relay(answer, decision.reason)
+        self.metrics.observe("cloud", reply.status, time.monotonic() - start, decision.reason)
+        return reply, ""
+
+    @staticmethod
+    def _relay(answer: CloudAnswer, reason: str) -> Reply:
+        headers = {HEADER_SERVED_BY: "cloud", HEADER_VERSION: answer.model_version, HEADER_REASON: reason}
+        if answer.model_name:
+            headers[HEADER_MODEL] = answer.model_name
+        if answer.doc is not None and 200 <= answer.status < 300:
+            doc = dict(answer.doc)
+            doc["served_by"] = "cloud"
+            doc["fallback_reason"] = reason
+            return json_reply(answer.status, doc, headers)
+        return Reply(answer.status, answer.body, answer.content_type, headers)
+
+    def _reject(self, decision: Decision, cloud_failure: str, start: float) -> Reply:
+        reason = decision.reason or "unroutable"
+        if cloud_failure and cloud_failure not in reason:
+            reason = f"{reason},{cloud_failure}"
+        self.metrics.observe("none", 503, time.monotonic() - start, reason)
+        message = (f"neither this device nor the cloud can answer ({reason}); "
+                   "retry later, or check the agent's /status for the active model and the cloud endpoint")
+        return json_reply(503, {"error": message, "reason": reason}, {"Retry-After": "1"})

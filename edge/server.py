@@ -1,0 +1,248 @@
+"""The device agent's HTTP API: the cloud's /predict contract, served on the device.
+
+A stdlib ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive: a device needs no web
+framework, and a request costs a thread hand-off and a parse, well under a millisecond.
+Routes (DESIGN.md section 10, the same paths as BentoML's):
+
+    POST /predict     JSON or .npz in, JSON or .npz out (``edge.gateway`` does the work)
+    GET  /livez       200 while the process serves HTTP
+    GET  /readyz      200 when a model is active, or the cloud can answer in this mode
+    GET  /metrics     Prometheus text (``edge.metrics``)
+    GET  /status      JSON: active model, last sync (``status_provider``), counts, latency
+    GET  /docs.json   OpenAPI (``edge.openapi``)
+
+The handler is a thin shell: it reads a bounded body, calls ``Gateway.predict`` and writes
+the ``Reply``.  Anything unexpected becomes a one-line 500 for that request only; the
+server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from bentos.api import DEFAULT_MAX_PAYLOAD, JSON
+from edge.active import ActiveModel
+from edge.breaker import CircuitBreaker
+from edge.cloud_client import CloudClient
+from edge.config import AgentConfig
+from edge.gateway import Gateway, MemoryProbe, Reply, json_reply
+from edge.metrics import Metrics
+from edge.openapi import document
+from edge.router import RouterPolicy
+
+log = logging.getLogger("bentoedge.agent")
+
+IDLE_TIMEOUT_S = 30.0  # a keep-alive connection with nothing to say gives its thread back
+
+
+class AgentServer:
+    """The local API of one device agent; ``start`` serves in a background thread."""
+
+    def __init__(self, config: AgentConfig, active: ActiveModel,
+                 status_provider: Callable[[], dict[str, Any]] = dict, *,
+                 breaker: CircuitBreaker | None = None, cloud: CloudClient | None = None,
+                 memory: Callable[[], float | None] | None = None, max_body: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.config = config
+        self.active = active
+        self.status_provider = status_provider
+        self.metrics = Metrics()
+        self.breaker = breaker or CircuitBreaker()
+        if cloud is None and config.cloud:
+            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s)
+        self.gateway = Gateway(active, RouterPolicy.from_config(config), cloud, self.breaker, self.metrics,
+                               request_timeout_s=config.cloud_timeout_s,
+                               memory=memory or MemoryProbe(), max_body=max_body)
+        self.started = time.time()
+        self._httpd = _HTTPServer((config.host, config.port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> AgentServer:
+        """Serve in a daemon thread; returns once the socket listens (it already does)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._httpd.serve_forever, name="bentoedge-api", daemon=True)
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown() if self._thread is not None else None
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self.gateway.cloud is not None:
+            self.gateway.cloud.close()
+
+    def __enter__(self) -> AgentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- views -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        model = self.active.get()
+        try:
+            sync = self.status_provider()
+        except Exception as exc:  # the sync agent's view must not break ours
+            sync = {"error": f"{type(exc).__name__}: {exc}"}
+        load = self.gateway.load
+        return {
+            "device_id": self.config.device_id,
+            "mode": self.config.mode,
+            "ready": self.gateway.ready(),
+            "model": None if model is None else {
+                "name": model.name, "version": model.version, "artifact": model.artifact.id,
+                "precision": model.artifact.precision, "runtime": getattr(model, "runtime_name", None)},
+            "sync": sync,
+            "cloud": {"url": self.config.cloud or None, "breaker": self.breaker.snapshot()},
+            "local": {"inflight": load.inflight, "ewma_latency_ms": round(load.ewma_ms, 3)},
+            "free_memory_mb": self.gateway.memory(),
+            "served": self.metrics.summary(),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def metrics_text(self) -> str:
+        model = self.active.get()
+        breaker_open = {"closed": 0, "half_open": 0.5, "open": 1}[self.breaker.state]
+        return self.metrics.render({
+            "bentoedge_inflight_local": self.gateway.load.inflight,
+            "bentoedge_ready": 1 if self.gateway.ready() else 0,
+            "bentoedge_model_active": 0 if model is None else 1,
+            "bentoedge_cloud_circuit_open": breaker_open,
+        })
+
+    def route(self, method: str, path: str, body: bytes, content_type: str | None, accept: str | None) -> Reply:
+        path = path.split("?", 1)[0]
+        if path in ("/predict", "/invocations"):
+            if method != "POST":
+                return json_reply(405, {"error": f"{path} takes POST with {{\"inputs\": {{...}}}}"}, {"Allow": "POST"})
+            return self.gateway.predict(body, content_type, accept)
+        if method != "GET":
+            if path in _GET_PATHS:
+                return json_reply(405, {"error": f"{path} takes GET"}, {"Allow": "GET"})
+            return json_reply(404, {"error": f"no route {path}; see /docs.json"})
+        if path == "/livez" or path == "/healthz":
+            return json_reply(200, {"status": "alive"})
+        if path == "/readyz":
+            ready = self.gateway.ready()
+            return json_reply(200 if ready else 503, {"status": "ready" if ready else "not ready",
+                                                     **({} if ready else {"reason": self._not_ready_reason()})})
+        if path == "/metrics":
+            return Reply(200, self.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/status":
+            return json_reply(200, self.status())
+        if path == "/docs.json":
+            model = self.active.get()
+            return json_reply(200, document(None if model is None else model.signature, self.config.agent_version))
+        return json_reply(404, {"error": f"no route {path}; see /docs.json"})
+
+    def _not_ready_reason(self) -> str:
+        if self.config.mode == "edge_only":
+            return "no model is active yet (edge_only mode)"
+        return f"no model is active and the cloud is not usable ({self.gateway.cloud_state()[1]})"
+
+
+_GET_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/status", "/docs.json"})
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of connections waits in the backlog, not refused
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], agent: AgentServer) -> None:
+        self.agent = agent
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "bentoedge-agent"
+    timeout = IDLE_TIMEOUT_S
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        agent = self.server.agent
+        try:
+            body, problem = self._body(method, agent.gateway.max_body)
+            if problem is not None:
+                reply = problem
+            else:
+                reply = agent.route(method, self.path, body, self.headers.get("Content-Type"),
+                                    self.headers.get("Accept"))
+        except Exception as exc:  # a bug must cost one request, never the server
+            log.exception("request failed")
+            reply = json_reply(500, {"error": f"the agent failed on this request ({type(exc).__name__}); see its log"})
+        self._write(reply)
+
+    def _body(self, method: str, limit: int) -> tuple[bytes, Reply | None]:
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self.close_connection = True
+            return b"", json_reply(411, {"error": "chunked bodies are not accepted; send a Content-Length"})
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if method == "POST":
+                self.close_connection = True
+                return b"", json_reply(411, {"error": "send a Content-Length header with the request body"})
+            return b"", None
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            return b"", json_reply(400, {"error": f"Content-Length {raw!r} is not a byte count"})
+        if length > limit:
+            # Do not read it: close the connection instead of draining megabytes.
+            self.close_connection = True
+            return b"", json_reply(413, {"error": f"the request body is {length} bytes; the limit is {limit}"})
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            self.close_connection = True
+            return b"", json_reply(400, {"error": "the request body ended before its Content-Length"})
+        return body, None
+
+    def _write(self, reply: Reply) -> None:
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type or JSON)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for key, value in reply.headers.items():
+                self.send_header(key, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away; nothing to answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
