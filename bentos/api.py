@@ -99,9 +99,9 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     if arr is None or arr.dtype == object or arr.dtype.kind in "USV":
         raise RequestError(f"input {spec.name!r} must be a rectangular array of numbers, {describe(spec)}",
                            input_name=spec.name, status=422)
-    if arr.dtype.kind == "f" and want.kind in "iub":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise RequestError(f"input {spec.name!r} must hold integers ({spec.dtype})", input_name=spec.name, status=422)
+    if arr.dtype.kind == "f" and want.kind in "iub" and (
+            not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr))):
+        raise RequestError(f"input {spec.name!r} must hold integers ({spec.dtype})", input_name=spec.name, status=422)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise RequestError(f"input {spec.name!r} contains NaN or infinity", input_name=spec.name, status=422)
     if arr.ndim != len(spec.shape):

@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bentos.errors import KeyMissingError
-from bentos.recipients import KekRecipient, KmsRecipient, Recipient, X25519Recipient, kek_id, load_x25519_public
+from bentos.recipients import (
+    KekRecipient,
+    KmsRecipient,
+    Recipient,
+    X25519Recipient,
+    kek_id,
+    load_x25519_public,
+)
 from bentos.signing import key_id, raw_public
 
 

@@ -29,7 +29,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bentos import aead
 from bentos.errors import FormatError, IntegrityError
 from bentos.keystore import fsync_dir
-from bentos.manifest import ENCRYPTION_SCHEME, Artifact, Manifest, Signature, check_name, check_version
+from bentos.manifest import (
+    ENCRYPTION_SCHEME,
+    Artifact,
+    Manifest,
+    Signature,
+    check_name,
+    check_version,
+)
 from bentos.recipients import (
     Keyring,
     Recipient,
