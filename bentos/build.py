@@ -1,0 +1,219 @@
+"""Build a sealed model: convert, quantize, gate, then encrypt and sign.
+
+``build`` is what ``bentoedge build`` runs; it seals into the BentoML model store.
+``build_to_dir`` does the same into a plain folder without BentoML (the channel and device
+code use it in tests).  Both go through ``prepare``, which
+
+1. checks the keys and recipients first (a missing key fails in a second, not after a
+   conversion),
+2. opens the source and loads the calibration/validation data against its signature,
+3. converts each requested edge (TFLite) and cloud (ONNX) artifact into memory, in a
+   private 0700 temp folder for converter files that is removed in a ``finally``,
+4. runs every artifact and the float source on the validation inputs and gates them
+   (``bentos.quality``); over budget raises ``QualityGateError`` with the rows, unless
+   ``accept_quality``,
+5. records golden samples (a few validation inputs and each artifact's own outputs) per
+   target, and returns a ``SealRequest`` that ``bentos.sealed.seal`` writes atomically.
+
+Nothing is written to the store until every step passed, so a failed build leaves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bentos import quality
+from bentos.datasets import load_npz, synthetic_inputs
+from bentos.errors import ConversionError, DataError, QualityGateError, UsageError
+from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden
+from bentos.keystore import LocalKeys, parse_recipient
+from bentos.manifest import check_name, check_version
+from bentos.recipients import Recipient
+from bentos.sealed import Plain, SealedModel, SealRequest, seal
+
+if TYPE_CHECKING:
+    from bentos.store import ModelStore
+
+Progress = Callable[[str], None]
+#: Validation samples the gate runs when no file was given (fp32-only builds).
+SYNTHETIC_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    source: Path
+    name: str
+    home: Path  # BENTOEDGE_HOME (keys)
+    version: str | None = None  # default f"v{release}"
+    calibration: Path | None = None
+    validation: Path | None = None
+    edge: tuple[str, ...] = ("int8",)
+    cloud: tuple[str, ...] = ("fp32",)
+    max_drop: float = 0.01
+    accept_quality: bool = False
+    recipients: tuple[str, ...] = ("kek",)
+    golden_count: int = 8
+
+
+@dataclass(frozen=True)
+class Prepared:
+    request: SealRequest
+    recipients: tuple[Recipient, ...]
+    keys: LocalKeys
+    rows: tuple[quality.Row, ...]
+
+
+def _precisions(values: tuple[str, ...], allowed: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        for p in str(v).lower().split(","):
+            p = p.strip()
+            if p in ("", "none"):
+                continue
+            if p not in allowed:
+                raise UsageError(f"{flag} {p!r} is not one of {', '.join(allowed)}, none")
+            if p not in out:
+                out.append(p)
+    return tuple(out)
+
+
+def _note(progress: Progress | None, msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def prepare(opts: BuildOptions, release: int, version: str, progress: Progress | None = None) -> Prepared:
+    """Everything up to sealing: keys, conversion, gate, golden samples (no store, no output dir)."""
+    from bentos import convert
+
+    check_name(opts.name)
+    check_version(version)
+    if not 0.0 <= opts.max_drop <= 1.0:
+        raise UsageError(f"--max-drop must be between 0 and 1, got {opts.max_drop}")
+    edge = _precisions(opts.edge, convert.EDGE_PRECISIONS, "--edge")
+    cloud = _precisions(opts.cloud, convert.CLOUD_PRECISIONS, "--cloud")
+    if not edge and not cloud:
+        raise UsageError("nothing to build: --edge and --cloud are both none")
+    keys = LocalKeys(Path(opts.home))
+    keys.signing_key()  # a missing key should fail now, not after minutes of conversion
+    recipients = tuple(parse_recipient(spec, keys) for spec in (opts.recipients or ("kek",)))
+    for target, wanted in (("edge", edge), ("cloud", cloud)):
+        if wanted and not any(target in r.targets for r in recipients):
+            raise UsageError(f"no recipient may read the {target} artifacts; add --recipient kek or "
+                             f"{'x25519:PUBFILE' if target == 'edge' else 'kms:ARN'} (or --{target} none)")
+
+    _note(progress, f"opening {opts.source}")
+    src = convert.open_source(Path(opts.source))
+    sig = src.signature
+    calib = load_npz(Path(opts.calibration), sig, "calibration")[0] if opts.calibration else None
+    labels = None
+    if opts.validation:
+        val, labels = load_npz(Path(opts.validation), sig, "validation")
+    elif calib is not None:
+        val = calib
+    else:
+        val = synthetic_inputs(sig, SYNTHETIC_SAMPLES)
+        quantized = [p for p in (*edge, *cloud) if p != "fp32"]
+        if quantized and not opts.accept_quality:
+            raise DataError(f"quantized artifacts ({', '.join(quantized)}) need --validation F.npz for the "
+                            "quality gate (or --calibration); or pass --accept-quality")
+
+    plains: list[Plain] = []
+    runners: dict[str, convert.Runner] = {}
+    with convert.private_workdir() as work:
+        for p in edge:
+            _note(progress, f"converting edge-{p} (TFLite)")
+            data = convert.to_tflite(src, p, calib, work)
+            plains.append(Plain(f"edge-{p}", "edge", data, "litert", p))
+            runners[f"edge-{p}"] = convert.tflite_runner(data, sig)
+        fp32_onnx: bytes | None = None
+        for p in sorted(cloud, key=lambda q: q != "fp32"):
+            _note(progress, f"converting cloud-{p} (ONNX)")
+            if fp32_onnx is None:
+                fp32_onnx = convert.onnx_fp32(src, work)
+            data = convert.to_onnx(src, p, calib, work, fp32=fp32_onnx)
+            plains.append(Plain(f"cloud-{p}", "cloud", data, "onnxruntime", p))
+            runners[f"cloud-{p}"] = convert.onnx_runner(data, sig)
+
+    _note(progress, f"quality gate on {_count(val)} validation samples")
+    reference = convert.reference(src)
+    ref_out = reference(val)
+    rows: list[quality.Row] = []
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for art_id, run in runners.items():
+        try:
+            outputs[art_id] = run(val)
+        except Exception as exc:
+            raise ConversionError(f"{art_id} does not run on the validation data: {exc}") from None
+        rows.extend(quality.compare(art_id, ref_out, outputs[art_id], labels, opts.max_drop))
+    bad = quality.failed(rows)
+    if bad and not opts.accept_quality:
+        raise QualityGateError(f"quality gate failed: {quality.summary(rows)}; lower the precision, "
+                               "raise --max-drop or pass --accept-quality", report=rows)
+
+    _note(progress, "recording golden samples")
+    n = max(1, min(opts.golden_count, _count(val)))
+    g_in = {k: v[:n] for k, v in val.items()}
+    tolerances: dict[str, dict[str, float]] = {}
+    golden: dict[str, Any] = {"edge": None, "cloud": None, "count": n, "tolerances": tolerances}
+    for target in ("edge", "cloud"):
+        ids = [p.id for p in plains if p.target == target]
+        if not ids:
+            continue
+        expected = {a: {k: v[:n] for k, v in outputs[a].items()} for a in ids}
+        for art in plains:
+            if art.id in ids:
+                # Scale the absolute tolerance with the outputs, so logits and
+                # probabilities get the same relative slack on another CPU's kernels.
+                peak = max(float(np.max(np.abs(v))) if v.size else 0.0 for v in expected[art.id].values())
+                tolerances[art.id] = {"atol": DEFAULT_ATOL[art.precision or "fp32"] * max(1.0, peak),
+                                      "rtol": DEFAULT_RTOL}
+        plains.append(Plain(f"golden-{target}", target, Golden(g_in, expected).to_bytes()))
+        golden[target] = f"golden-{target}"
+
+    extra: dict[str, Any] = {"quality_accepted": True} if bad else {}
+    req = SealRequest(
+        name=opts.name, version=version, release=release, source=src.describe(), signature=sig,
+        artifacts=plains, quality=[r.to_dict() for r in rows], golden=golden, extra=extra,
+    )
+    return Prepared(req, recipients, keys, tuple(rows))
+
+
+
+def _count(arrays: dict[str, np.ndarray]) -> int:
+    return len(next(iter(arrays.values())))
+
+
+def build(opts: BuildOptions, store: ModelStore | None = None, progress: Progress | None = None) -> SealedModel:
+    """Build ``opts`` and add it to the BentoML model store; returns the opened sealed model."""
+    from bentos.store import ModelStore
+
+    store = store if store is not None else ModelStore()
+    check_name(opts.name)
+    release = store.next_release(opts.name)
+    version = opts.version or f"v{release}"
+    check_version(version)
+    if store.exists(opts.name, version):
+        raise UsageError(f"{opts.name}:{version} is already in the store; pick another --version")
+    prepared = prepare(opts, release, version, progress)
+    _note(progress, f"encrypting and signing {opts.name}:{version}")
+    signer = prepared.keys.signing_key()
+    return store.add(opts.name, version, release,
+                     lambda out: seal(prepared.request, out, prepared.recipients, signer))
+
+
+def build_to_dir(opts: BuildOptions, out_dir: Path, release: int = 1, progress: Progress | None = None) -> SealedModel:
+    """Build ``opts`` into the folder ``out_dir`` (which must not exist); no BentoML needed."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise UsageError(f"{out_dir} already exists; give a new output folder")
+    version = opts.version or f"v{release}"
+    prepared = prepare(opts, release, version, progress)
+    _note(progress, f"encrypting and signing {opts.name}:{version}")
+    seal(prepared.request, out_dir, prepared.recipients, prepared.keys.signing_key())
+    return SealedModel.open(out_dir)

@@ -1,0 +1,169 @@
+"""The quality gate: is a converted or quantized artifact still the model it came from?
+
+Every artifact is run on the validation inputs and compared with the float source
+model.  For a classifier output (2-D scores, one row per sample) the rows are top-1
+agreement with the float model and, when labels are given, accuracy; for any other
+output they are max and mean absolute error and cosine similarity.  Each row says which
+way its budget points (``bound``: the value must stay at or above a ``min``, at or below
+a ``max``, or ``None`` for a figure that is reported but not gated):
+
+- accuracy            >= float accuracy - max_drop              (with labels)
+- top1_agreement      >= 1 - max_drop                           (gated only without labels,
+                                                                 where it bounds the drop)
+- cosine_similarity   >= 1 - max_drop                           (non-classifier outputs)
+- finite              == 1.0 (share of finite values; NaN/inf always fails)
+
+Pure: arrays in, ``Row``s out.  ``bentos.build`` runs the models and decides what to do
+with a failed row (refuse, or seal with ``--accept-quality``); the rows go into
+``manifest.quality`` as dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: How far from 1 a row of softmax scores may sum and still count as probabilities.
+PROB_SUM_TOL = 1e-2
+
+
+@dataclass(frozen=True)
+class Row:
+    artifact: str
+    output: str
+    metric: str
+    baseline: float | None  # the float model's own figure (1.0 for agreement/cosine)
+    value: float | None  # None when not a finite number
+    budget: float | None
+    bound: str | None  # "min" | "max" | None (reported, not gated)
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "output": self.output, "metric": self.metric,
+                "baseline": self.baseline, "value": self.value, "budget": self.budget,
+                "bound": self.bound, "passed": self.passed}
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def _row(artifact: str, output: str, metric: str, baseline: float | None, value: float,
+         budget: float | None, bound: str | None) -> Row:
+    v = _num(value)
+    if bound is None or budget is None:
+        passed = True
+    elif v is None:
+        passed = False
+    else:
+        passed = v >= budget - 1e-12 if bound == "min" else v <= budget + 1e-12
+    return Row(artifact, output, metric, None if baseline is None else _num(baseline), v,
+               None if budget is None else _num(budget), bound, passed)
+
+
+def is_classifier(reference: np.ndarray, labels: np.ndarray | None = None) -> bool:
+    """Scores of shape (N, C>1): probabilities, or any scores when integer labels fit them."""
+    ref = np.asarray(reference)
+    if ref.ndim != 2 or ref.shape[1] < 2 or ref.shape[0] == 0 or ref.dtype.kind != "f":
+        return False
+    if labels is not None and _labels_fit(labels, ref):
+        return True
+    finite = np.all(np.isfinite(ref))
+    return bool(finite and np.all(ref >= 0) and np.allclose(ref.sum(axis=1), 1.0, atol=PROB_SUM_TOL))
+
+
+def _labels_fit(labels: np.ndarray, ref: np.ndarray) -> bool:
+    lab = np.asarray(labels)
+    return (lab.ndim == 1 and len(lab) == len(ref) and lab.dtype.kind in "iu"
+            and bool(np.all((lab >= 0) & (lab < ref.shape[1]))))
+
+
+def compare(artifact: str, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+            labels: np.ndarray | None = None, max_drop: float = 0.01) -> list[Row]:
+    """Quality rows for one artifact: every output of ``reference`` checked in ``candidate``."""
+    rows: list[Row] = []
+    labels_used = False
+    for name, ref_raw in reference.items():
+        ref = np.asarray(ref_raw)
+        got_raw = candidate.get(name)
+        if got_raw is None or np.asarray(got_raw).shape != ref.shape:
+            rows.append(Row(artifact, name, "shape", None, None, None, "min", False))
+            continue
+        got = np.asarray(got_raw, dtype=np.float64)
+        ref64 = ref.astype(np.float64)
+        finite = float(np.mean(np.isfinite(got))) if got.size else 1.0
+        rows.append(_row(artifact, name, "finite", 1.0, finite, 1.0, "min"))
+        if finite < 1.0:
+            continue
+        use_labels = labels is not None and not labels_used and _labels_fit(labels, ref)
+        if is_classifier(ref, labels if use_labels else None):
+            agreement = float(np.mean(np.argmax(got, axis=1) == np.argmax(ref64, axis=1)))
+            if use_labels:
+                assert labels is not None
+                labels_used = True
+                lab = np.asarray(labels)
+                base_acc = float(np.mean(np.argmax(ref64, axis=1) == lab))
+                acc = float(np.mean(np.argmax(got, axis=1) == lab))
+                rows.append(_row(artifact, name, "accuracy", base_acc, acc, base_acc - max_drop, "min"))
+                rows.append(_row(artifact, name, "top1_agreement", 1.0, agreement, None, None))
+            else:
+                rows.append(_row(artifact, name, "top1_agreement", 1.0, agreement, 1.0 - max_drop, "min"))
+            continue
+        err = np.abs(got - ref64)
+        rows.append(_row(artifact, name, "max_abs_error", 0.0, float(err.max()) if err.size else 0.0, None, None))
+        rows.append(_row(artifact, name, "mean_abs_error", 0.0, float(err.mean()) if err.size else 0.0, None, None))
+        rows.append(_row(artifact, name, "cosine_similarity", 1.0, cosine(ref64, got), 1.0 - max_drop, "min"))
+    return rows
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays seen as flat vectors; 1.0 when both are all zeros."""
+    x, y = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if nx == 0.0 and ny == 0.0:
+        return 1.0
+    if nx == 0.0 or ny == 0.0:
+        return 0.0
+    return float(np.dot(x, y) / (nx * ny))
+
+
+def failed(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if not r.passed]
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def table_rows(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    """(artifact, output, metric, float baseline, value, budget, passed) as display strings."""
+    out: list[tuple[str, ...]] = []
+    for r in rows:
+        budget = "-" if r.bound is None else f"{'>=' if r.bound == 'min' else '<='} {_fmt(r.budget)}"
+        out.append((r.artifact, r.output, r.metric, _fmt(r.baseline), _fmt(r.value), budget,
+                    "yes" if r.passed else "NO"))
+    return out
+
+
+HEADER = ("artifact", "output", "metric", "float baseline", "value", "budget", "passed")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table of the rows (for logs and messages; the CLI draws a rich one)."""
+    body = [HEADER, *table_rows(rows)]
+    widths = [max(len(line[i]) for line in body) for i in range(len(HEADER))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+                     for line in body)
+
+
+def summary(rows: Sequence[Row]) -> str:
+    bad = failed(rows)
+    if not bad:
+        return f"all {len(rows)} quality checks passed"
+    return "; ".join(f"{r.artifact} {r.output} {r.metric} {_fmt(r.value)} (budget "
+                     f"{'>=' if r.bound == 'min' else '<='} {_fmt(r.budget)})" for r in bad)
