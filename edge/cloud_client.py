@@ -16,8 +16,10 @@ counts as a failure for the circuit breaker.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import queue
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -164,8 +166,52 @@ def _set_timeout(conn: http.client.HTTPConnection, deadline: float) -> None:
     if left <= 0:
         raise TimeoutError("deadline passed")
     conn.timeout = left
-    if conn.sock is not None:
-        conn.sock.settimeout(left)
+    if conn.sock is None:
+        conn.connect()
+        raw: Any = conn.sock
+        conn.sock = _DeadlineSocket(raw)
+    if isinstance(conn.sock, _DeadlineSocket):
+        conn.sock.deadline = deadline
+    conn.sock.settimeout(left)
+
+
+class _DeadlineSocket:
+    """A socket whose every receive gets only the time left before the call's deadline.
+
+    A socket timeout alone bounds each ``recv``, not the whole answer: a cloud sending a
+    byte every second would never time out.  ``http.client`` reads through
+    ``sock.makefile``, so handing it a reader that re-arms the timeout per receive bounds
+    the headers and the body together.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline = float("inf")
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def recv_into_by_deadline(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, owner: _DeadlineSocket) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._owner.recv_into_by_deadline(buffer)
 
 
 def _check(status: int, data: bytes, content_type: str, version: str, name: str) -> CloudAnswer:

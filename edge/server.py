@@ -73,7 +73,9 @@ class AgentServer:
     def start(self) -> AgentServer:
         """Serve in a daemon thread; returns once the socket listens (it already does)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="bentoedge-api", daemon=True)
+            # A short poll interval only bounds how long stop() waits; requests do not poll.
+            self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
+                                            name="bentoedge-api", daemon=True)
             self._thread.start()
         return self
 

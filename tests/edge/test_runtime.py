@@ -10,12 +10,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import DATA, sealed
+from api_support import DATA, sealed
 
 from bentos.errors import DecryptionError, HealthCheckError, IntegrityError
 from bentos.golden import Golden
 from bentos.recipients import Keyring
-from edge.runtime import EdgeModel, choose_edge_artifact, health_check, interpreter_class, load_edge_model
+from edge.runtime import (
+    EdgeModel,
+    choose_edge_artifact,
+    health_check,
+    interpreter_class,
+    load_edge_model,
+)
 
 
 def raw_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
