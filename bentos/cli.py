@@ -1,0 +1,275 @@
+"""The build-side verbs of ``bentoedge``: keys, build, inspect, verify, export, import, list.
+
+Each verb is a thin shell: it parses flags, calls ``bentos.build``/``bentos.store``/
+``bentos.sealed`` and prints.  Errors are ``bentos.errors`` exceptions that the root
+command (``bentoedge.cli``) prints as one line with their exit code (1 verification or
+quality gate failed, 2 bad usage or input).  A model is named ``NAME[:VERSION]`` (looked
+up in the BentoML store) or by PATH (a sealed folder, or a file made by ``export``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bentos import quality
+from bentos.errors import QualityGateError
+from bentos.keystore import LocalKeys, default_home
+from bentos.sealed import SealedModel
+from bentos.signing import SignatureInfo
+
+
+def _console(err: bool = False) -> Console:
+    return Console(stderr=err, highlight=False, soft_wrap=True)
+
+
+def _keys() -> LocalKeys:
+    return LocalKeys(default_home())
+
+
+@contextmanager
+def open_model(ref: str) -> Iterator[SealedModel]:
+    """A sealed model by PATH (folder or exported file) or NAME[:VERSION] in the store."""
+    path = Path(ref)
+    if path.is_dir():
+        yield SealedModel.open(path)
+    elif path.is_file():
+        from bentos.store import unpacked
+
+        with unpacked(path) as sealed:
+            yield sealed
+    else:
+        from bentos.store import ModelStore
+
+        yield ModelStore().get(ref)
+
+
+def quality_table(rows: Sequence[quality.Row], title: str = "Quality report") -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in quality.HEADER:
+        table.add_column(col, justify="right" if col in ("float baseline", "value", "budget") else "left")
+    for cells, row in zip(quality.table_rows(rows), rows, strict=True):
+        table.add_row(*cells, style=None if row.passed else "bold red")
+    return table
+
+
+def _rows(manifest_quality: Sequence[Any]) -> list[quality.Row]:
+    return [quality.Row(**dict(r)) for r in manifest_quality]
+
+
+# ---- keys -------------------------------------------------------------------------------------
+
+
+@click.group()
+def keys() -> None:
+    """Create, show and trust signing keys; keys live in $BENTOEDGE_HOME/keys.
+
+    \b
+    bentoedge keys init          make the signing key and the local KEK (never overwrites)
+    bentoedge keys show          print key ids and trusted signers
+    bentoedge keys trust FILE    accept models signed by another key (a signing.pub PEM)
+    """
+
+
+@keys.command("init")
+def keys_init() -> None:
+    """Create the Ed25519 signing key and the local KEK (files 0600); print their ids.
+
+    Existing keys are kept: losing a KEK loses every model sealed for it.
+    """
+    ks = _keys()
+    ids = ks.init()
+    made = ", ".join(ids.created) or "nothing new (keys already exist)"
+    click.echo(f"keys in {ks.dir}: created {made}")
+    click.echo(f"signing key id: {ids.signing}")
+    click.echo(f"kek id:         {ids.kek}")
+
+
+@keys.command("show")
+def keys_show() -> None:
+    """Print the signing key id, the KEK id and the trusted signers."""
+    from bentos.recipients import kek_id
+    from bentos.signing import key_id
+
+    ks = _keys()
+    click.echo(f"keys in {ks.dir}")
+    click.echo(f"signing key id: {key_id(ks.signing_key().public_key())}")
+    click.echo(f"kek id:         {kek_id(ks.kek())}")
+    for kid in ks.trusted_signers():
+        click.echo(f"trusted signer: {kid}")
+
+
+@keys.command("trust")
+@click.argument("pubfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def keys_trust(pubfile: Path) -> None:
+    """Trust models signed by the Ed25519 public key in PUBFILE (PEM, e.g. another signing.pub)."""
+    click.echo(f"trusted signer {_keys().trust(pubfile.read_bytes())}")
+
+
+# ---- build ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model name (lowercase letters, digits, . _ -).")
+@click.option("--version", "version", default=None, help="Version name; default v<release>.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None,
+              help=".npz of representative inputs (one array per input; 'x' for a single input). "
+                   "Needed for --edge int8.")
+@click.option("--validation", type=click.Path(path_type=Path), default=None,
+              help=".npz of validation inputs, with optional 'labels', for the quality gate.")
+@click.option("--edge", "edge", multiple=True, default=(), metavar="int8|fp16|dynamic|fp32|none",
+              help="Edge (TFLite) precision; repeat for several. Default int8.")
+@click.option("--cloud", "cloud", multiple=True, default=(), metavar="fp32|fp16|int8|none",
+              help="Cloud (ONNX) precision; repeat for several. Default fp32.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True,
+              help="Largest accuracy drop (or 1 - cosine similarity) a quantized artifact may show.")
+@click.option("--recipient", "recipients", multiple=True, default=(), metavar="kek|kms:ARN|x25519:PUBFILE",
+              help="Who may decrypt; repeat for several. Default kek (the local key).")
+@click.option("--accept-quality", is_flag=True, help="Seal even when the quality gate fails (recorded).")
+@click.option("--golden", "golden_count", type=int, default=8, show_default=True,
+              help="Validation samples kept as golden samples for health checks.")
+def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
+          edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
+          accept_quality: bool, golden_count: int) -> None:
+    """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
+
+    SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
+    Every artifact is compared with the float model on --validation; over budget the build
+    exits 1 with the table and stores nothing, unless --accept-quality.
+
+    \b
+    Example:
+      bentoedge build digits.keras --name digits --calibration cal.npz --validation val.npz \\
+          --edge int8 --cloud fp32 --recipient kek
+    """
+    from bentos.build import BuildOptions
+    from bentos.build import build as run_build
+
+    opts = BuildOptions(
+        source=source, name=name, home=default_home(), version=version, calibration=calibration,
+        validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
+        accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count)
+    err = _console(err=True)
+    try:
+        with err.status("building", spinner="dots") as status:
+            def progress(msg: str) -> None:
+                err.log(msg)
+                status.update(msg)
+
+            sealed = run_build(opts, progress=progress)
+    except QualityGateError as exc:
+        rows = exc.report if isinstance(exc.report, list) else []
+        err.print(quality_table(rows, "Quality gate FAILED"))
+        raise
+    out = _console()
+    out.print(quality_table(_rows(sealed.manifest.quality)))
+    m = sealed.manifest
+    out.print(f"sealed {m.tag} (release {m.release}): "
+              + ", ".join(f"{a.id} {a.size / 1024:.0f} KiB" for a in m.artifacts if a.is_model))
+    if m.extra.get("quality_accepted"):
+        out.print("[yellow]warning: sealed although the quality gate failed (--accept-quality)[/]")
+
+
+# ---- inspect / verify -------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and signer as JSON.")
+def inspect(model: str, as_json: bool) -> None:
+    """Show MODEL's manifest, quality report and signer; no key needed.
+
+    MODEL is NAME[:VERSION] from the store, a sealed folder or an exported file.
+    The signer is shown as recorded; use `bentoedge verify` to check it.
+    """
+    with open_model(model) as sealed:
+        m = sealed.manifest
+        signer = SignatureInfo.from_bytes(sealed.signature_bytes)
+        if as_json:
+            doc = {"manifest": m.to_dict(), "signer": {"alg": signer.alg, "keyid": signer.keyid,
+                                                       "public_key": signer.public_key.hex()}}
+            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+            return
+        out = _console()
+        out.print(f"[bold]{m.tag}[/] release {m.release}, created {m.created}, signed by {signer.keyid}")
+        out.print(f"source: {m.source.get('kind')} {m.source.get('file', '')} sha256 {m.source.get('sha256')}")
+        for kind, specs in (("input", m.signature.inputs), ("output", m.signature.outputs)):
+            for t in specs:
+                out.print(f"{kind} {t.name}: {t.dtype} {tuple('N' if d is None else d for d in t.shape)}")
+        arts = Table(title="Artifacts", title_justify="left")
+        for col in ("id", "target", "runtime", "precision", "size", "sha256"):
+            arts.add_column(col)
+        for a in m.artifacts:
+            arts.add_row(a.id, a.target, a.runtime or "-", a.precision or "-", f"{a.size:,}", a.sha256[:16])
+        out.print(arts)
+        if m.quality:
+            out.print(quality_table(_rows(m.quality)))
+        if m.extra.get("quality_accepted"):
+            out.print("[yellow]sealed although the quality gate failed (--accept-quality)[/]")
+
+
+@click.command()
+@click.argument("model")
+def verify(model: str) -> None:
+    """Check MODEL's signature against the trusted keys and every artifact's hash; exit 1 if bad.
+
+    Trusted keys are this machine's signing key and those added with `bentoedge keys trust`.
+    """
+    with open_model(model) as sealed:
+        info = sealed.verify(_keys().trusted_signers())
+        m = sealed.manifest
+        click.echo(f"ok: {m.tag} is signed by trusted key {info.keyid}; "
+                   f"{len(m.artifacts)} artifacts match their signed hashes")
+
+
+# ---- store ------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (one tar of the sealed folder).")
+def export(model: str, output: Path) -> None:
+    """Write MODEL (NAME:VERSION in the store) to one file that `bentoedge import` reads."""
+    from bentos.store import export_file
+
+    with open_model(model) as sealed:
+        export_file(sealed, output)
+        click.echo(f"exported {sealed.manifest.tag} to {output} ({output.stat().st_size:,} bytes)")
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+def import_(file: Path) -> None:
+    """Verify FILE (made by `bentoedge export`) and add it to the store; nothing is kept on failure."""
+    from bentos.errors import NotFoundError
+    from bentos.store import ModelStore
+
+    if not file.is_file():
+        raise NotFoundError(f"{file} does not exist; give a file made by 'bentoedge export'")
+    trusted = _keys().trusted_signers()
+    sealed = ModelStore().import_file(file, lambda s: s.verify(trusted) and None)
+    click.echo(f"imported {sealed.manifest.tag} (release {sealed.manifest.release})")
+
+
+@click.command("list")
+def list_() -> None:
+    """List the sealed models in the BentoML store ($BENTOML_HOME)."""
+    from bentos.store import ModelStore
+
+    table = Table(title="Sealed models", title_justify="left")
+    for col in ("model", "release", "created", "artifacts", "quality"):
+        table.add_column(col)
+    for m in ModelStore().list():
+        ok = all(bool(r.get("passed")) for r in m.quality)
+        table.add_row(m.tag, str(m.release), m.created, ", ".join(a.id for a in m.models("edge") + m.models("cloud")),
+                      "passed" if ok else "accepted below budget")
+    _console().print(table)
