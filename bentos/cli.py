@@ -256,7 +256,11 @@ def import_(file: Path) -> None:
     if not file.is_file():
         raise NotFoundError(f"{file} does not exist; give a file made by 'bentoedge export'")
     trusted = _keys().trusted_signers()
-    sealed = ModelStore().import_file(file, lambda s: s.verify(trusted) and None)
+
+    def check(candidate: SealedModel) -> None:
+        candidate.verify(trusted)
+
+    sealed = ModelStore().import_file(file, check)
     click.echo(f"imported {sealed.manifest.tag} (release {sealed.manifest.release})")
 
 

@@ -1,0 +1,159 @@
+"""Properties of the streaming AEAD and of the manifest's canonical form (hypothesis)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bentos import aead
+from bentos.errors import FormatError, IntegrityError
+from bentos.manifest import Artifact, Manifest, Signature, TensorSpec, canonical_json
+
+KEY = bytes(range(32))
+SEGMENTS = st.sampled_from([64, 128, 256, 1024])
+PLAIN = st.binary(min_size=0, max_size=3000)
+
+
+@settings(max_examples=80, deadline=None)
+@given(PLAIN, SEGMENTS, st.binary(max_size=20))
+def test_round_trip_any_length(plain: bytes, seg: int, ad: bytes) -> None:
+    ct = aead.encrypt(KEY, plain, ad, seg)
+    assert len(ct) == aead.ciphertext_size(len(plain), seg)
+    assert bytes(aead.decrypt(KEY, ct, ad)) == plain
+    assert bytes(aead.decrypt_file(KEY, io.BytesIO(ct), len(ct), ad)) == plain
+
+
+@settings(max_examples=120, deadline=None)
+@given(PLAIN, SEGMENTS, st.data())
+def test_any_single_bit_flip_is_rejected(plain: bytes, seg: int, data: st.DataObject) -> None:
+    ct = bytearray(aead.encrypt(KEY, plain, b"ad", seg))
+    bit = data.draw(st.integers(0, len(ct) * 8 - 1))
+    ct[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(IntegrityError):
+        aead.decrypt(KEY, bytes(ct), b"ad")
+    with pytest.raises(IntegrityError):
+        aead.decrypt_file(KEY, io.BytesIO(bytes(ct)), len(ct), b"ad")
+
+
+@settings(max_examples=120, deadline=None)
+@given(PLAIN, SEGMENTS, st.data())
+def test_any_truncation_is_rejected(plain: bytes, seg: int, data: st.DataObject) -> None:
+    ct = aead.encrypt(KEY, plain, b"", seg)
+    cut = data.draw(st.integers(0, len(ct) - 1))
+    with pytest.raises(IntegrityError):
+        aead.decrypt(KEY, ct[:cut])
+    with pytest.raises(IntegrityError):
+        aead.decrypt_file(KEY, io.BytesIO(ct[:cut]), cut)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=64 * 3 + 1, max_size=64 * 8), st.data())
+def test_segment_reorder_and_drop_are_rejected(plain: bytes, data: st.DataObject) -> None:
+    seg = 64
+    ct = aead.encrypt(KEY, plain, b"", seg)
+    body, full = ct[aead.HEADER_SIZE:], seg + aead.TAG_SIZE
+    parts = [body[i:i + full] for i in range(0, len(body), full)]
+    i, j = data.draw(st.tuples(st.integers(0, len(parts) - 1), st.integers(0, len(parts) - 1))
+                     .filter(lambda ij: ij[0] != ij[1]))
+    swapped = list(parts)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    with pytest.raises(IntegrityError):
+        aead.decrypt(KEY, ct[:aead.HEADER_SIZE] + b"".join(swapped))
+    dropped = parts[:i] + parts[i + 1:]
+    with pytest.raises(IntegrityError):
+        aead.decrypt(KEY, ct[:aead.HEADER_SIZE] + b"".join(dropped))
+
+
+@settings(max_examples=40, deadline=None)
+@given(PLAIN, st.binary(max_size=16), st.binary(max_size=16))
+def test_wrong_associated_data_or_key_is_rejected(plain: bytes, ad: bytes, other: bytes) -> None:
+    ct = aead.encrypt(KEY, plain, ad, 64)
+    if other != ad:
+        with pytest.raises(IntegrityError):
+            aead.decrypt(KEY, ct, other)
+    with pytest.raises(IntegrityError):
+        aead.decrypt(os.urandom(32), ct, ad)
+
+
+def test_streaming_writer_matches_one_shot_length() -> None:
+    plain = os.urandom(5000)
+    out = io.BytesIO()
+    n = aead.encrypt_stream(KEY, [plain[:1000], plain[1000:4097], plain[4097:]], out, b"x", 256)
+    assert n == len(out.getvalue()) == aead.ciphertext_size(5000, 256)
+    assert bytes(aead.decrypt(KEY, out.getvalue(), b"x")) == plain
+
+
+# ---- manifest ----------------------------------------------------------------------------------
+
+NAMES = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,10}[a-z0-9]", fullmatch=True)
+DIMS = st.lists(st.one_of(st.none(), st.integers(0, 4096)), max_size=4).map(tuple)
+
+
+def _artifact(i: int, sha: str) -> Artifact:
+    return Artifact(id=f"edge-{i}", target="edge", runtime="litert", precision="int8",
+                    file=f"artifacts/edge-{i}.tflite.enc", size=i, sha256=sha, plaintext_sha256=sha,
+                    encryption={"scheme": "aes256gcm-stream/1", "segment_size": 1024})
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> Manifest:
+    ins = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
+    outs = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
+    sig = Signature(tuple(TensorSpec(n, "float32", draw(DIMS)) for n in ins),
+                    tuple(TensorSpec(n, "float32", draw(DIMS)) for n in outs))
+    sha = draw(st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+    arts = tuple(_artifact(i, sha) for i in range(draw(st.integers(0, 3))))
+    return Manifest(name=draw(NAMES), version=draw(NAMES), release=draw(st.integers(0, 10**6)),
+                    created="2024-01-01T00:00:00Z", source={"kind": "keras", "sha256": sha}, signature=sig,
+                    artifacts=arts, quality=[{"artifact": "x", "value": draw(st.floats(0, 1))}],
+                    golden={"edge": None, "cloud": None, "count": 0, "tolerances": {}},
+                    extra={"note": draw(st.text(max_size=10))})
+
+
+@settings(max_examples=80, deadline=None)
+@given(manifests())
+def test_manifest_round_trip_is_canonical(m: Manifest) -> None:
+    data = m.to_bytes()
+    back = Manifest.from_bytes(data)
+    assert back.to_bytes() == data
+    assert data == canonical_json(json.loads(data))
+    pretty = json.dumps(json.loads(data), indent=1).encode()
+    with pytest.raises(FormatError):
+        Manifest.from_bytes(pretty)
+
+
+@settings(max_examples=60, deadline=None)
+@given(manifests(), st.sampled_from(["format", "name", "version", "release", "signature", "artifacts", "source"]))
+def test_manifest_missing_or_wrong_fields_are_refused(m: Manifest, field: str) -> None:
+    d = json.loads(m.to_bytes())
+    del d[field]
+    with pytest.raises(FormatError):
+        Manifest.from_dict(d)
+    d = json.loads(m.to_bytes())
+    d[field] = True
+    with pytest.raises(FormatError):
+        Manifest.from_dict(d)
+
+
+def test_manifest_rejects_bad_values() -> None:
+    base = json.loads(Manifest(name="m", version="v1", release=1, created="t", source={},
+                               signature=Signature((TensorSpec("x", "float32", (None, 2)),),
+                                                   (TensorSpec("y", "float32", (None,)),)),
+                               artifacts=(_artifact(1, "a" * 64),)).to_bytes())
+    for mutate in (lambda d: d.update(format="other/1"), lambda d: d.update(release=-1),
+                   lambda d: d.update(name="Bad Name"),
+                   lambda d: d["artifacts"][0].update(file="artifacts/../x"),
+                   lambda d: d["artifacts"][0].update(sha256="xyz"),
+                   lambda d: d["artifacts"].append(dict(d["artifacts"][0])),
+                   lambda d: d["signature"]["inputs"][0].update(dtype="complex64")):
+        d = json.loads(json.dumps(base))
+        mutate(d)
+        with pytest.raises(FormatError):
+            Manifest.from_dict(d)
+    with pytest.raises(FormatError):
+        Manifest.from_bytes(b"\xff")

@@ -1,0 +1,43 @@
+"""`edge` and the pure part of `bentos` import with tensorflow, onnxruntime, bentoml and boto3 blocked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKED = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "keras", "tf2onnx")
+PURE_BENTOS = ("errors", "manifest", "aead", "signing", "recipients", "keystore", "sealed", "golden", "api",
+               "quality", "datasets", "store", "convert", "build")
+
+SCRIPT = f"""
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {BLOCKED!r}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked for this test: {{name}}")
+        return None
+sys.meta_path.insert(0, Block())
+import edge
+mods = ["edge." + m.name for m in pkgutil.walk_packages(edge.__path__) ]
+mods += ["bentos." + m for m in {PURE_BENTOS!r}]
+for m in mods:
+    importlib.import_module(m)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not leaked, leaked
+print("imported", len(mods))
+"""
+
+
+def test_edge_and_pure_bentos_import_without_heavy_packages() -> None:
+    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith("imported")
+
+
+def test_the_blocker_really_blocks() -> None:
+    script = SCRIPT.replace("import edge\n", "import bentoml\nimport edge\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "blocked for this test: bentoml" in res.stderr
