@@ -169,6 +169,7 @@ def _set_timeout(conn: http.client.HTTPConnection, deadline: float) -> None:
     if conn.sock is None:
         conn.connect()
         raw: Any = conn.sock
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.sock = _DeadlineSocket(raw)
     if isinstance(conn.sock, _DeadlineSocket):
         conn.sock.deadline = deadline
