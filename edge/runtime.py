@@ -81,9 +81,9 @@ class EdgeModel:
         self.workers = max(1, workers)
         # threads=0 (the config's "let the runtime decide") must reach the runtime as None.
         num_threads = threads if threads and threads > 0 else None
+        self._new_slot = lambda: _Slot(cls(model_content=model_bytes, num_threads=num_threads), manifest)
         self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        slots = [_Slot(cls(model_content=model_bytes, num_threads=num_threads), manifest)
-                 for _ in range(self.workers)]
+        slots = [self._new_slot() for _ in range(self.workers)]
         for slot in slots:
             self._pool.put(slot)
         #: Input name -> the artifact's own shape signature (-1 = any size); the router
@@ -102,8 +102,19 @@ class EdgeModel:
         slot = self._pool.get()
         try:
             return slot.run(inputs)
+        except Exception:
+            # A failed prepare or invoke can leave an interpreter unusable (tflite-runtime
+            # 2.14 segfaults on the next allocate): replace it rather than reuse it.
+            slot = self._replace(slot)
+            raise
         finally:
             self._pool.put(slot)
+
+    def _replace(self, broken: _Slot) -> _Slot:
+        try:
+            return self._new_slot()
+        except Exception:  # keep the pool full even if the rebuild fails; the next call will say
+            return broken
 
 
 class _Slot:
