@@ -118,7 +118,9 @@ def local_reason(request: RequestFacts, device: DeviceState, limits: Limits) -> 
         return LOW_MEMORY
     if device.inflight >= limits.max_inflight:
         return OVERLOADED
-    if predicted_wait_ms(device) > limits.latency_budget_ms:
+    # Only a queue is a reason: an idle device runs the request, which also keeps the latency
+    # estimate fresh (forwarding everything would freeze a once-high EWMA forever).
+    if device.inflight > 0 and predicted_wait_ms(device) > limits.latency_budget_ms:
         return LATENCY_BUDGET
     return ""
 

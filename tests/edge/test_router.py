@@ -96,6 +96,12 @@ def test_a_cloud_that_is_not_configured_is_named_in_the_rejection() -> None:
     assert d == type(d)("reject", f"{NO_MODEL},{CLOUD_NOT_CONFIGURED}")
 
 
+def test_an_idle_device_runs_locally_whatever_its_latency_estimate() -> None:
+    slow_idle = replace(OK_DEV, inflight=0, ewma_latency_ms=1e6)
+    assert decide(OK_REQ, slow_idle, POLICY).route == "edge"
+    assert decide(OK_REQ, replace(slow_idle, inflight=1), POLICY).reason == LATENCY_BUDGET
+
+
 def test_predicted_wait_counts_queue_rounds_per_worker() -> None:
     assert predicted_wait_ms(replace(OK_DEV, inflight=0, ewma_latency_ms=10.0)) == 10.0
     assert predicted_wait_ms(replace(OK_DEV, inflight=3, ewma_latency_ms=10.0)) == 40.0
