@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bentos.keystore import default_home
+from cloud.serve import stop_server
 
 MODEL = "demo-digits"
 
@@ -73,7 +74,7 @@ class Demo:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            _terminate(proc)
+            stop_server(proc)
         self.procs.clear()
 
     def record(self, title: str, ok: bool, detail: str) -> None:
@@ -104,20 +105,6 @@ class DemoFailure(Exception):
 def _last_line(res: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in (res.stderr or res.stdout or "").strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "(no output)"
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def free_port() -> int:
@@ -324,7 +311,7 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
                  f"and still serves {r.headers.get('x-bentoedge-model-version')}")
 
     with d.step("10. Stop the cloud: what still works"):
-        _terminate(cloud)
+        stop_server(cloud)
         r_local = predict(agent_port, xs[:2])
         r_big = predict(agent_port, np.tile(xs[:1], (64, 1)))
         for _ in range(6):  # enough failed forwards to open the circuit breaker

@@ -19,6 +19,7 @@ model costs its plaintext size in memory once and never touches the disk in the 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -144,34 +145,8 @@ def encrypt_stream(key: bytes, chunks: Iterable[bytes], out: BinaryIO, associate
 
 
 def decrypt(key: bytes, ciphertext: bytes | bytearray | memoryview, associated_data: bytes = b"") -> bytearray:
-    """Decrypt a whole artifact into one new buffer; raise IntegrityError on any tampering."""
-    if len(key) != KEY_SIZE:
-        raise ValueError("data key must be 32 bytes")
-    view = memoryview(ciphertext)
-    segment_size, prefix = parse_header(bytes(view[:HEADER_SIZE]))
-    size = plaintext_size(len(view), segment_size)
-    out = bytearray(size)
-    out_view = memoryview(out)
-    aead = AESGCM(key)
-    aad = bytes(view[:HEADER_SIZE]) + associated_data
-    full = segment_size + TAG_SIZE
-    pos, written, counter = HEADER_SIZE, 0, 0
-    while True:
-        last = pos + full >= len(view)
-        end = len(view) if last else pos + full
-        n = end - pos - TAG_SIZE
-        try:
-            aead.decrypt_into(_nonce(prefix, counter, last), view[pos:end], aad, out_view[written: written + n])
-        except InvalidTag:
-            raise IntegrityError(
-                f"encrypted artifact failed authentication at segment {counter}: it was modified, "
-                "truncated or belongs to another model"
-            ) from None
-        written += n
-        counter += 1
-        pos = end
-        if last:
-            return out
+    """Decrypt a whole in-memory artifact into one new buffer; IntegrityError on any tampering."""
+    return decrypt_file(key, io.BytesIO(ciphertext), len(ciphertext), associated_data)
 
 
 def decrypt_file(key: bytes, f: BinaryIO, length: int, associated_data: bytes = b"",
