@@ -45,7 +45,7 @@ def parse_request(body: bytes, content_type: str | None, signature: Signature,
         raise RequestError(f"the request body is {len(body)} bytes; the limit is {max_payload}", status=413)
     kind = (content_type or JSON).split(";")[0].strip().lower()
     if kind in (NPZ, "application/octet-stream"):
-        raw = _parse_npz(body)
+        raw = _parse_npz(body, max_payload)
     elif kind in (JSON, "text/json", ""):
         raw = _parse_json(body)
     else:
@@ -58,15 +58,26 @@ def _parse_json(body: bytes) -> Mapping[str, Any]:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("the request body nests JSON too deeply") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise RequestError("the request must be a JSON object with an \"inputs\" object mapping input names to arrays")
     return doc["inputs"]
 
 
-def _parse_npz(body: bytes) -> Mapping[str, Any]:
+def _parse_npz(body: bytes, max_payload: int) -> Mapping[str, Any]:
     try:
         with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an archive")
+            # A compressed archive can expand a thousandfold: bound what it unpacks to.
+            members = z.zip.infolist() if z.zip is not None else []
+            expanded = sum(int(info.file_size) for info in members)
+            if expanded > max_payload:
+                raise RequestError(f"the .npz expands to {expanded} bytes; the limit is {max_payload}", status=413)
             return {k: z[k] for k in z.files}
+    except RequestError:
+        raise
     except Exception:  # numpy raises several kinds for a bad archive
         raise RequestError("the request body is not a readable .npz archive of arrays") from None
 
@@ -96,7 +107,7 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
         arr = value if isinstance(value, np.ndarray) else np.asarray(value)
     except (ValueError, TypeError):
         arr = None
-    if arr is None or arr.dtype == object or arr.dtype.kind in "USV":
+    if arr is None or arr.dtype.kind not in "biuf":
         raise RequestError(f"input {spec.name!r} must be a rectangular array of numbers, {describe(spec)}",
                            input_name=spec.name, status=422)
     if arr.dtype.kind == "f" and want.kind in "iub" and (
@@ -115,7 +126,10 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
         info = np.iinfo(want)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise RequestError(f"input {spec.name!r} has values outside {spec.dtype}", input_name=spec.name, status=422)
-    return np.ascontiguousarray(arr, dtype=want)
+    out = np.ascontiguousarray(arr, dtype=want)
+    if want.kind == "f" and arr.dtype != want and not np.all(np.isfinite(out)):
+        raise RequestError(f"input {spec.name!r} has values outside {spec.dtype}", input_name=spec.name, status=422)
+    return out
 
 
 def _check_batch(arrays: Mapping[str, np.ndarray], signature: Signature) -> None:
@@ -147,6 +161,6 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def decode_npz(body: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(body), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def decode_npz(body: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> dict[str, np.ndarray]:
+    """Arrays from an .npz body (RequestError if unreadable or expanding past ``max_bytes``)."""
+    return dict(_parse_npz(body, max_bytes))

@@ -230,7 +230,7 @@ def _check(status: int, data: bytes, content_type: str, version: str, name: str)
         return CloudAnswer(status, data, NPZ, version, name)
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CloudError("cloud_bad_answer", f"the answer ({status}) is not JSON") from None
     if not isinstance(doc, dict):
         raise CloudError("cloud_bad_answer", "the answer is not a JSON object")

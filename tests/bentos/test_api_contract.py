@@ -73,6 +73,27 @@ def test_bad_requests_are_refused_with_the_reason(payload: bytes, ctype: str, st
     assert err.to_body()["error"] == err.message
 
 
+def test_deep_json_and_npz_bombs_are_refused() -> None:
+    deep = b'{"inputs": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    with pytest.raises(RequestError, match="nests JSON too deeply"):
+        api.parse_request(deep, "application/json", SIG)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((1 << 20, 4), np.float32), ids=np.zeros((1, 2), np.int32))
+    assert len(buf.getvalue()) < 100_000  # 16 MiB of zeros compress a thousandfold
+    with pytest.raises(RequestError) as info:
+        api.parse_request(buf.getvalue(), "application/x-npz", SIG, max_payload=1 << 20)
+    assert info.value.status == 413 and "expands" in info.value.message
+
+
+def test_values_beyond_the_dtype_and_odd_dtypes_are_refused() -> None:
+    with pytest.raises(RequestError, match="outside float32"):
+        api.parse_request(body(x=[[1e300, 0, 0, 0]], ids=[[1, 2]]), "application/json", SIG)
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((1, 4), np.complex64), ids=np.ones((1, 2), np.int32))
+    with pytest.raises(RequestError, match="rectangular array of numbers"):
+        api.parse_request(buf.getvalue(), "application/x-npz", SIG)
+
+
 def test_oversized_payload_is_413_before_parsing() -> None:
     with pytest.raises(RequestError) as info:
         api.parse_request(b"x" * 101, "application/json", SIG, max_payload=100)
