@@ -50,9 +50,9 @@ class LazyGroup(click.Group):
         except ImportError as exc:
             missing = exc.name or str(exc)
             extra = {"bentos.cli": "build", "cloud.cli": "cloud", "cloud.channel.cli": "cloud", "edge.cli": "edge"}.get(module, "all")
-            raise click.ClickException(
-                f"'bentoedge {cmd_name}' needs {missing}, which is not installed: "
-                f"pip install 'bentoedge[{extra}]'") from None
+            click.secho(f"error: 'bentoedge {cmd_name}' needs {missing}, which is not installed: "
+                        f"pip install 'bentoedge[{extra}]'", fg="red", err=True)
+            ctx.exit(2)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
@@ -65,6 +65,10 @@ class LazyGroup(click.Group):
         except BentoEdgeError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # a path, port or permission the user gave us: bad input, not a crash
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -39,6 +39,9 @@ class Limits:
     latency_budget_ms: float = 250.0
     min_free_memory_mb: int = 64
 
+    def __post_init__(self) -> None:
+        _check_numbers(self, minimum={}, section="[limits] ")  # 0 means: always forward
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -62,8 +65,14 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.1, "cloud_timeout_s": 0.01})
         if not 0 <= self.port < 65536:  # 0: the server picks a free port
             raise ConfigError(f"port must be 0..65535, not {self.port}")
+        for name in ("device_id", "channel", "cloud", "state", "host", "device_class", "model"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, not {getattr(self, name)!r}")
+        if self.cloud and not self.cloud.startswith(("http://", "https://")):
+            raise ConfigError(f"cloud must be an http:// or https:// URL, not {self.cloud!r}")
 
     @property
     def state_dir(self) -> Path:
@@ -73,6 +82,19 @@ class AgentConfig:
         d = asdict(self)
         d["trusted_signers"] = list(self.trusted_signers)
         return d
+
+
+def _check_numbers(obj: Any, minimum: Mapping[str, float], section: str = "") -> None:
+    """Every int/float field holds a number of its kind, not below its minimum (or 0)."""
+    for f in fields(obj):
+        kind = str(f.type)
+        if kind not in ("int", "float"):
+            continue
+        value = getattr(obj, f.name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind == "float" or isinstance(value, int))
+        if not ok or value < minimum.get(f.name, 0):
+            noun = "an integer" if kind == "int" else "a number"
+            raise ConfigError(f"{section}{f.name} must be {noun} of at least {minimum.get(f.name, 0)}, not {value!r}")
 
 
 def default_state(env: Mapping[str, str] = os.environ) -> Path:

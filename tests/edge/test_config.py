@@ -45,6 +45,13 @@ def test_config_is_found_through_env_then_default(tmp_path: Path) -> None:
         ("device_id = 'a'\nchannel='c'\ncloud='u'\nstate='s'\ncolour='red'\n", "unknown setting 'colour'"),
         ("device_id = 'a'\nchannel='c'\ncloud='u'\nstate='s'\n[limits]\nmax_bach=3\n", "bad [limits]"),
         ("device_id = \n", "not valid TOML"),
+        ("device_id = 'a'\nchannel='c'\ncloud='u'\nstate='s'\n", "cloud must be an http"),
+        ("device_id = 'a'\nchannel='c'\ncloud=''\nstate='s'\nport='x'\n", "port must be an integer"),
+        ("device_id = 'a'\nchannel='c'\ncloud=''\nstate='s'\n[limits]\nmax_inflight='4'\n",
+         "[limits] max_inflight must be an integer of at least 0"),
+        ("device_id = 'a'\nchannel='c'\ncloud=''\nstate='s'\n[limits]\nlatency_budget_ms=-1\n",
+         "latency_budget_ms must be a number of at least 0"),
+        ("device_id = 'a'\nchannel='c'\ncloud=''\nstate='s'\ncloud_timeout_s=0\n", "cloud_timeout_s"),
     ],
 )
 def test_bad_configs_are_explained(tmp_path: Path, text: str, fragment: str) -> None:
