@@ -127,6 +127,8 @@ def choose_placement(manifest: Manifest, available: Sequence[str], settings: Clo
 
 
 def batchable(manifest: Manifest) -> bool:
-    """Adaptive batching needs one input whose first dimension is dynamic (the batch)."""
+    """Adaptive batching needs one input whose first dimension alone is dynamic (the batch):
+    requests with another free dimension could not be stacked into one batch."""
     ins = manifest.signature.inputs
-    return len(ins) == 1 and bool(ins[0].shape) and ins[0].shape[0] is None
+    return (len(ins) == 1 and bool(ins[0].shape) and ins[0].shape[0] is None
+            and all(d is not None for d in ins[0].shape[1:]))

@@ -138,8 +138,11 @@ class S3Fetcher(CountingFetcher):
 
 
 def fetcher_for(url: str, timeout: float = 30.0) -> CountingFetcher:
-    scheme = urlparse(url).scheme
+    parsed = urlparse(url)
+    scheme = parsed.scheme
     if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"channel URL {url!r} names a host; use file:///absolute/path")
         return FileFetcher(timeout)
     if scheme in ("http", "https"):
         return HttpFetcher(timeout)

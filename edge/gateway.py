@@ -190,7 +190,7 @@ class Gateway:
         cloud_failure = ""
         for _ in range(3):  # edge -> cloud -> edge at most; each step changes a fact
             if decision.route == "edge" and model is not None and arrays is not None:
-                reply = self._local(model, arrays, accept, start)
+                reply = self._local(model, arrays, accept, start, deadline)
                 if reply is not None:
                     return reply
                 facts = replace(facts, local_failed=True)
@@ -207,12 +207,14 @@ class Gateway:
         return self._reject(decision, cloud_failure, start)
 
     def _local(self, model: ServingModel, arrays: dict[str, np.ndarray], accept: str | None,
-               start: float) -> Reply | None:
+               start: float, deadline: float) -> Reply | None:
         self.load.enter()
         t0 = time.monotonic()
         ms: float | None = None
         try:
-            outputs = model.predict(arrays)
+            # Waiting for an interpreter counts against the request's deadline; running does not
+            # (an invoke cannot be interrupted), so a full queue ends in a 503, not a late 200.
+            outputs = model.predict(arrays, timeout=max(0.0, deadline - time.monotonic()))
             ms = (time.monotonic() - t0) * 1000.0
         except Exception as exc:  # a broken model must never take the server down
             log.warning("local inference failed on %s: %s: %s", model.version, type(exc).__name__, exc)

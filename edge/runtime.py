@@ -98,8 +98,12 @@ class EdgeModel:
     def version(self) -> str:
         return self.manifest.version
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        slot = self._pool.get()
+    def predict(self, inputs: Mapping[str, np.ndarray], timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name; waits at most ``timeout`` seconds for a free interpreter."""
+        try:
+            slot = self._pool.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("no interpreter came free before the request's deadline") from None
         try:
             return slot.run(inputs)
         except Exception:

@@ -167,6 +167,8 @@ def open_storage(url: str) -> Storage:
     """``file:///path`` or a plain path -> FolderStorage; ``s3://bucket/prefix`` -> S3Storage."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"channel URL {url!r} names a host; use file:///absolute/path")
         path = unquote(parsed.path) if parsed.scheme == "file" else url
         return FolderStorage(Path(path))
     if parsed.scheme == "s3":

@@ -235,7 +235,8 @@ class SyncAgent:
                     cand: select.Candidate = ctx["candidate"]
                     self.state.record_failure(cand.key, reason)
                     self.state.discard(cand.version)
-                if stage is Stage.SWAP and ctx.get("old") is not None:
+                # Serving must match the persisted pointer: undo the swap unless it was committed.
+                if stage in (Stage.SWAP, Stage.COMMIT) and ctx.get("old") is not None and not ctx.get("committed"):
                     self.active.swap(ctx["old"])
                 log.error("update %s at %s: %s", "refused" if outcome is not Outcome.TRANSIENT else "failed",
                           stage.value, reason)
@@ -279,7 +280,11 @@ class SyncAgent:
         if stage is Stage.COMMIT:
             p = self.state.pointer().activated(cand.model, cand.version)
             self.state.set_pointer(p)
-            self.state.prune()
+            ctx["committed"] = True
+            try:
+                self.state.prune()
+            except OSError as exc:  # old versions left on disk cost space, not correctness
+                log.warning("could not prune old versions: %s", exc)
             log.info("now serving %s release %d", cand.key, cand.release)
             return Outcome.OK, f"now serving {cand.key} release {cand.release}"
         raise AssertionError(stage)

@@ -143,3 +143,15 @@ def test_choose_edge_artifact_and_golden_file() -> None:
     assert art is not None and art.id == "edge-fp32"
     assert choose_edge_artifact(manifest, ()) is not None
     assert Golden.from_bytes(Golden({"x": np.zeros((1, 4))}, {}).to_bytes()).inputs["x"].shape == (1, 4)
+
+
+def test_waiting_for_a_busy_interpreter_stops_at_the_deadline(load: Callable[..., EdgeModel]) -> None:
+    model = load("tiny", "edge-fp32")  # one worker: one interpreter in the pool
+    x = np.ones((1, 4), np.float32)
+    held = model._pool.get()  # another request is using the only interpreter
+    try:
+        with pytest.raises(TimeoutError, match="deadline"):
+            model.predict({"x": x}, timeout=0.05)
+    finally:
+        model._pool.put(held)
+    assert model.predict({"x": x}, timeout=1.0)["y"].shape == (1, 3)  # and the pool is intact
