@@ -80,22 +80,50 @@ def html_table(records: list[Mapping[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def walk(doc: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str, Any]]:
-    """Yield (kind, path, value) for scalars, record lists and nested sections, in order."""
-    scalars = {k: v for k, v in doc.items() if _scalar(v) or (isinstance(v, list) and not _is_records(v)
-                                                            and all(_scalar(x) for x in v))}
-    if scalars:
-        yield "scalars", prefix, scalars
-    for key, value in doc.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if _is_records(value):
-            yield "records", path, value
-        elif isinstance(value, Mapping) and key != "environment":
-            # A mapping of mappings of scalars reads best as one table keyed by name.
-            if value and all(isinstance(v, Mapping) and all(_scalar(x) for x in v.values()) for v in value.values()):
-                yield "records", path, [{"name": k, **v} for k, v in value.items()]
-            else:
-                yield from walk(value, path)
+def walk(doc: Mapping[str, Any]) -> Iterable[tuple[str, str, Any]]:
+    """Yield ("scalars" | "records", path, value) for everything worth showing in ``doc``.
+
+    Nested objects that hold only scalars are grouped by their set of keys: several with
+    the same keys (e.g. ``bentoedge.c1`` and ``peer.c1``, both with p50/p99/throughput)
+    become one table with a ``name`` column, so systems sit side by side; a lone one is a
+    list of values.  Lists of records are tables as they are.
+    """
+    leaves: list[tuple[str, dict[str, Any]]] = []
+    records: list[tuple[str, Any]] = []
+
+    def visit(node: Mapping[str, Any], path: str) -> None:
+        scalars = {k: v for k, v in node.items()
+                   if _scalar(v) or (isinstance(v, list) and not _is_records(v) and all(_scalar(x) for x in v))}
+        if scalars:
+            leaves.append((path, scalars))
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else key
+            if key == "environment":
+                continue
+            if _is_records(value):
+                records.append((sub, value))
+            elif isinstance(value, Mapping):
+                visit(value, sub)
+
+    visit(doc, "")
+    groups: dict[frozenset[str], list[tuple[str, dict[str, Any]]]] = {}
+    for path, scalars in leaves:
+        groups.setdefault(frozenset(scalars), []).append((path, scalars))
+    for members in groups.values():
+        if len(members) > 1 and all(path for path, _ in members):
+            parts = [path.split(".") for path, _ in members]
+            common = []
+            for level in zip(*parts, strict=False):
+                if len(set(level)) > 1:
+                    break
+                common.append(level[0])
+            cut = len(common)
+            rows = [{"name": ".".join(path.split(".")[cut:]) or path, **scalars} for path, scalars in members]
+            yield "records", ".".join(common) or "comparison", rows
+        else:
+            for path, scalars in members:
+                yield "scalars", path, scalars
+    yield from (("records", path, value) for path, value in records)
 
 
 def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
