@@ -146,13 +146,23 @@ def batch_size(arrays: Mapping[str, np.ndarray]) -> int:
 def response_json(outputs: Mapping[str, np.ndarray], name: str, version: str, served_by: str,
                   fallback_reason: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()},
+        "outputs": {k: _json_array(v) for k, v in outputs.items()},
         "model": {"name": name, "version": version},
         "served_by": served_by,
     }
     if fallback_reason is not None:
         body["fallback_reason"] = fallback_reason
     return body
+
+
+def _json_array(value: Any) -> Any:
+    """A nested list; non-finite floats become null, since JSON has no NaN or infinity."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        as_objects = arr.astype(object)
+        as_objects[~np.isfinite(arr)] = None
+        return as_objects.tolist()
+    return arr.tolist()
 
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -60,8 +60,9 @@ def _row(artifact: str, output: str, metric: str, baseline: float | None, value:
         passed = True
     elif v is None:
         passed = False
-    else:
-        passed = v >= budget - 1e-12 if bound == "min" else v <= budget + 1e-12
+    else:  # judge the exact value: rounding for display must not fail a model exactly at its budget
+        exact = float(value)
+        passed = exact >= budget - 1e-12 if bound == "min" else exact <= budget + 1e-12
     return Row(artifact, output, metric, None if baseline is None else _num(baseline), v,
                None if budget is None else _num(budget), bound, passed)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bentos import health
 from bentos.errors import HealthCheckError, KeyMissingError
-from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
 from bentos.keystore import LocalKeys, default_home
 from bentos.manifest import Artifact, Manifest
 from bentos.recipients import Keyring
@@ -144,22 +144,4 @@ def open_cloud_model(sealed: SealedModel, settings: CloudSettings, env: Mapping[
 
 def golden_check(model: CloudModel, sealed: SealedModel, keyring: Keyring) -> int:
     """Run the sealed cloud golden samples; how many passed, or HealthCheckError."""
-    manifest = sealed.manifest
-    golden_id = (manifest.golden or {}).get("cloud")
-    if not golden_id:
-        raise HealthCheckError(f"{manifest.tag} carries no cloud golden samples; rebuild it to get a readiness check")
-    golden = Golden.from_bytes(sealed.decrypt(golden_id, keyring))
-    expected = golden.expected.get(model.artifact.id)
-    if expected is None:
-        raise HealthCheckError(f"the golden samples of {manifest.tag} hold no outputs for {model.artifact.id}")
-    tol = ((manifest.golden or {}).get("tolerances") or {}).get(model.artifact.id) or {}
-    atol = float(tol.get("atol", DEFAULT_ATOL.get(model.artifact.precision or "fp32", 1e-4)))
-    rtol = float(tol.get("rtol", DEFAULT_RTOL))
-    try:
-        outputs = model.predict(golden.inputs)
-    except Exception as exc:  # any runtime failure is a failed check
-        raise HealthCheckError(f"{manifest.tag} {model.artifact.id} failed on its golden samples: {exc}") from None
-    problems = compare(outputs, expected, atol, rtol)
-    if problems:
-        raise HealthCheckError(f"{manifest.tag} {model.artifact.id} failed its golden samples: {problems[0]}")
-    return int(next(iter(golden.inputs.values())).shape[0])
+    return health.check(sealed, model.artifact, model.predict, keyring)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from bentos import health
 from bentos.errors import ConversionError, HealthCheckError
-from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
 from bentos.manifest import Artifact, Manifest
 from bentos.recipients import Keyring
 from bentos.sealed import SealedModel
@@ -206,27 +206,6 @@ def load_edge_model(sealed: SealedModel, keyring: Keyring, threads: int | None =
         raise HealthCheckError(f"{sealed.manifest.tag}: the runtime cannot load {art.id}: {exc}") from None
 
 
-def golden_tolerance(manifest: Manifest, artifact: Artifact) -> tuple[float, float]:
-    tol = ((manifest.golden or {}).get("tolerances") or {}).get(artifact.id) or {}
-    atol = float(tol.get("atol", DEFAULT_ATOL.get(artifact.precision or "fp32", 1e-4)))
-    return atol, float(tol.get("rtol", DEFAULT_RTOL))
-
-
 def health_check(model: EdgeModel, sealed: SealedModel, keyring: Keyring) -> int:
     """Run the sealed golden samples; returns how many passed or raises HealthCheckError."""
-    golden_id = (sealed.manifest.golden or {}).get("edge")
-    if not golden_id:
-        raise HealthCheckError(f"{sealed.manifest.tag} carries no edge golden samples to check against")
-    golden = Golden.from_bytes(sealed.decrypt(golden_id, keyring))
-    expected = golden.expected.get(model.artifact.id)
-    if expected is None:
-        raise HealthCheckError(f"golden samples hold no expected outputs for {model.artifact.id}")
-    atol, rtol = golden_tolerance(sealed.manifest, model.artifact)
-    try:
-        outputs = model.predict(golden.inputs)
-    except Exception as exc:  # any runtime failure is a failed health check
-        raise HealthCheckError(f"{model.artifact.id} failed on its golden samples: {exc}") from None
-    problems = compare(outputs, expected, atol, rtol)
-    if problems:
-        raise HealthCheckError(f"{sealed.manifest.tag} {model.artifact.id} failed its health check: {problems[0]}")
-    return len(next(iter(golden.inputs.values())))
+    return health.check(sealed, model.artifact, model.predict, keyring)

@@ -139,5 +139,8 @@ def test_response_and_npz_round_trip() -> None:
     doc = api.response_json(out, "digits", "v1", "edge", fallback_reason=None)
     assert doc == {"outputs": {"y": [[0, 1, 2], [3, 4, 5]]}, "model": {"name": "digits", "version": "v1"},
                    "served_by": "edge"}
+    nan = api.response_json({"y": np.array([[1.0, np.nan, np.inf]], np.float32)}, "d", "v1", "cloud")
+    assert nan["outputs"]["y"] == [[1.0, None, None]]
+    json.dumps(nan, allow_nan=False)  # valid JSON, not the NaN token
     back = api.decode_npz(api.encode_npz(out))
     np.testing.assert_array_equal(back["y"], out["y"])
