@@ -29,7 +29,7 @@ import numpy as np
 
 from bentos import quality
 from bentos.datasets import load_npz, synthetic_inputs
-from bentos.errors import ConversionError, DataError, QualityGateError, UsageError
+from bentos.errors import ConversionError, DataError, FormatError, QualityGateError, UsageError
 from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden
 from bentos.keystore import LocalKeys, parse_recipient
 from bentos.manifest import check_name, check_version
@@ -87,12 +87,21 @@ def _note(progress: Progress | None, msg: str) -> None:
         progress(msg)
 
 
+def _check_tag(name: str, version: str | None = None) -> None:
+    """A bad --name or --version is the user's input (exit 2), not a failed verification."""
+    try:
+        check_name(name)
+        if version is not None:
+            check_version(version)
+    except FormatError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def prepare(opts: BuildOptions, release: int, version: str, progress: Progress | None = None) -> Prepared:
     """Everything up to sealing: keys, conversion, gate, golden samples (no store, no output dir)."""
     from bentos import convert
 
-    check_name(opts.name)
-    check_version(version)
+    _check_tag(opts.name, version)
     if not 0.0 <= opts.max_drop <= 1.0:
         raise UsageError(f"--max-drop must be between 0 and 1, got {opts.max_drop}")
     edge = _precisions(opts.edge, convert.EDGE_PRECISIONS, "--edge")
@@ -194,10 +203,10 @@ def build(opts: BuildOptions, store: ModelStore | None = None, progress: Progres
     from bentos.store import ModelStore
 
     store = store if store is not None else ModelStore()
-    check_name(opts.name)
+    _check_tag(opts.name)
     release = store.next_release(opts.name)
     version = opts.version or f"v{release}"
-    check_version(version)
+    _check_tag(opts.name, version)
     if store.exists(opts.name, version):
         raise UsageError(f"{opts.name}:{version} is already in the store; pick another --version")
     prepared = prepare(opts, release, version, progress)

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bentos import quality
-from bentos.errors import QualityGateError
+from bentos.errors import NotFoundError, QualityGateError
 from bentos.keystore import LocalKeys, default_home
 from bentos.sealed import SealedModel
 from bentos.signing import SignatureInfo
@@ -45,6 +45,8 @@ def open_model(ref: str) -> Iterator[SealedModel]:
 
         with unpacked(path) as sealed:
             yield sealed
+    elif "/" in ref or ref.endswith(".sealed"):
+        raise NotFoundError(f"{ref} does not exist; give a sealed folder, an exported file or NAME[:VERSION]")
     else:
         from bentos.store import ModelStore
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bentos.errors import FormatError, IntegrityError, NotFoundError
+from bentos.errors import FormatError, IntegrityError, NotFoundError, SourceError
 from bentos.manifest import FORMAT_ID, Manifest
 from bentos.sealed import SealedModel
 
@@ -145,7 +145,8 @@ def unpacked(file: Path) -> Iterator[SealedModel]:
                         raise IntegrityError(f"{file} holds an unexpected entry {member.name!r}; refusing to import")
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, OSError) as exc:
-            raise FormatError(f"{file} is not a bentoedge export ({exc})") from None
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise SourceError(f"{file} is not a bentoedge export ({reason}); export one with 'bentoedge export'") from None
         yield SealedModel.open(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
