@@ -65,7 +65,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.1, "cloud_timeout_s": 0.01})
+        _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.01, "cloud_timeout_s": 0.01})
         if not 0 <= self.port < 65536:  # 0: the server picks a free port
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         for name in ("device_id", "channel", "cloud", "state", "host", "device_class", "model"):

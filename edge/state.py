@@ -73,6 +73,7 @@ class DeviceState:
         self.staging = root / "staging"
         self.pointer_file = root / "active"
         self.failed_file = root / "failed.json"
+        self.strikes_file = root / "strikes.json"
         self.status_file = root / "status.json"
         self.lock_file = root / "agent.lock"
         self.root_file = root / "root.json"
@@ -130,6 +131,25 @@ class DeviceState:
         failed = self.failed()
         failed[key] = reason
         atomic_write(self.failed_file, canonical_json(failed))
+
+    def strike(self, key: str, kind: str) -> int:
+        """Count one more strike of ``kind`` against version ``key``; returns the new count."""
+        strikes = self._strikes()
+        name = f"{key}|{kind}"
+        strikes[name] = strikes.get(name, 0) + 1
+        atomic_write(self.strikes_file, canonical_json(strikes))
+        return strikes[name]
+
+    def clear_strikes(self, key: str) -> None:
+        strikes = {k: v for k, v in self._strikes().items() if not k.startswith(f"{key}|")}
+        atomic_write(self.strikes_file, canonical_json(strikes))
+
+    def _strikes(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.strikes_file.read_bytes())
+            return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (FileNotFoundError, ValueError, TypeError):
+            return {}
 
     def clear_failure(self, key: str) -> bool:
         failed = self.failed()

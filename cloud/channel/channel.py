@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -65,6 +66,9 @@ def _load_signer(path: Path) -> CryptoSigner:
     if not isinstance(priv, Ed25519PrivateKey):
         raise KeyMissingError(f"{path} is not an Ed25519 private key")
     return CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key()))
+
+
+log = logging.getLogger("bentoedge.channel")
 
 
 def state_dir_for(url: str, home: Path) -> Path:
@@ -278,13 +282,24 @@ class Channel:
     # ---- maintenance -----------------------------------------------------------------------
 
     def refresh(self) -> int:
-        """Re-sign the timestamp (and the snapshot when it expires within two days)."""
+        """Re-sign the timestamp, and targets and snapshot when they are close to expiring.
+
+        Run it on a schedule shorter than the timestamp's expiry: a channel nobody publishes
+        to must not freeze its fleet when the online roles expire.
+        """
         md = self.load()
         now = repo.utcnow()
         changed: list[str] = ["timestamp"]
-        if md.snapshot.signed.expires - now < timedelta(days=2):
+        if md.targets.signed.expires - now < timedelta(days=14):
+            repo.bump(md.targets, "targets", now)
+            changed.insert(0, "targets")
+        if "targets" in changed or md.snapshot.signed.expires - now < timedelta(days=2):
             repo.bump(md.snapshot, "snapshot", now)
-            changed.append("snapshot")
+            changed.insert(-1, "snapshot")
+        root_left = md.root.signed.expires - now
+        if root_left < timedelta(days=30):
+            log.warning("the channel's root metadata expires in %d days: sign a new root with the offline keys",
+                        root_left.days)
         repo.bump(md.timestamp, "timestamp", now)
         self._write_online(md, changed)
         return int(md.timestamp.signed.version)

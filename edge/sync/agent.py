@@ -37,7 +37,15 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from bentos.errors import ChannelError, ConfigError, FormatError, KeyMissingError, SignatureError
+from bentos.errors import (
+    ChannelError,
+    ConfigError,
+    FormatError,
+    HealthCheckError,
+    IntegrityError,
+    KeyMissingError,
+    SignatureError,
+)
 from bentos.recipients import Keyring
 from bentos.sealed import SealedModel
 from bentos.signing import key_id
@@ -181,7 +189,7 @@ class SyncAgent:
         """Signature by a trusted model signer, edge hashes, and agreement with the channel."""
         trusted = trusted_signers(self.config)
         if not trusted:
-            raise SignatureError("no trusted model signers are configured; re-run 'bentoedge agent init --signer'")
+            raise ConfigError("no trusted model signers are configured; re-run 'bentoedge agent init --signer'")
         sealed.verify(trusted, target="edge")
         m = sealed.manifest
         if expect is not None and (m.name, m.version, m.release) != (expect.model, expect.version, expect.release):
@@ -198,11 +206,15 @@ class SyncAgent:
             try:
                 sealed = self._open_verified(version)
                 model = self.loader(sealed, self.keyring(), self.config)
-            except Exception as exc:
-                key = f"{p.model}:{version}"
+            except (IntegrityError, FormatError, SignatureError, HealthCheckError) as exc:
+                key = f"{p.model}:{version}"  # the version itself is bad: never again
                 log.error("installed version %s failed its checks at start-up: %s", key, exc)
                 self.state.record_failure(key, f"start-up: {exc}")
                 continue
+            except Exception as exc:  # our keys, config or memory: keep the versions, say why, serve none
+                log.error("cannot load %s:%s at start-up: %s", p.model, version, exc)
+                self._set_status(last_error=f"start-up: {exc}")
+                return
             self.active.swap(model)
             if i > 0:
                 self.state.set_pointer(Pointer(p.model, version, p.versions[i + 1:]))
@@ -231,6 +243,11 @@ class SyncAgent:
                 outcome, reason = self._run(stage, ctx)
             except Exception as exc:  # every failure is classified, logged and recorded
                 outcome, reason = machine.classify(stage, exc), f"{stage.value}: {type(exc).__name__}: {exc}"
+                kind = machine.strike_kind(stage, exc)
+                if kind is not None and "candidate" in ctx:
+                    strikes = self.state.strike(ctx["candidate"].key, kind)
+                    outcome = machine.after_strike(strikes)
+                    reason += f" (strike {strikes} of {machine.MAX_STRIKES})"
                 if machine.records_failure(stage, outcome) and "candidate" in ctx:
                     cand: select.Candidate = ctx["candidate"]
                     self.state.record_failure(cand.key, reason)
@@ -271,6 +288,10 @@ class SyncAgent:
             self.state.install(cand.version)
             return Outcome.OK, "installed"
         if stage is Stage.HEALTH:
+            # Counted before the check runs, so an agent killed by the model itself still counts it.
+            strikes = self.state.strike(cand.key, "health")
+            if strikes > machine.MAX_STRIKES:
+                raise HealthCheckError(f"{cand.key} stopped the agent during {strikes - 1} health checks")
             sealed = self._open_verified(cand.version, cand)
             ctx["model"] = self.loader(sealed, self.keyring(), self.config)
             return Outcome.OK, "healthy"
@@ -281,6 +302,7 @@ class SyncAgent:
             p = self.state.pointer().activated(cand.model, cand.version)
             self.state.set_pointer(p)
             ctx["committed"] = True
+            self.state.clear_strikes(cand.key)
             try:
                 self.state.prune()
             except OSError as exc:  # old versions left on disk cost space, not correctness
@@ -341,7 +363,9 @@ class SyncAgent:
                 return
             except tuf_exc.LengthOrHashMismatchError:
                 dest.unlink()
-        part = dest.with_name(dest.name + ".part")
+        # Named after the signed hash: a partial file of another publication of this path
+        # (say a republished keys.json) is never resumed into this one.
+        part = dest.with_name(f"{dest.name}.{info.hashes['sha256'][:16]}.part")
         have = part.stat().st_size if part.exists() else 0
         if have > info.length:
             part.unlink()
@@ -352,9 +376,9 @@ class SyncAgent:
             url = f"{self.config.channel.rstrip('/')}/targets/{dirname}{sep}{sha}.{base}"
             chunks, start = self.fetcher.fetch_from(url, have)
             written = start
-            with open(part, "ab" if start else "wb") as f:
-                if start:
-                    f.seek(start)
+            with open(part, "r+b" if start else "wb") as f:
+                f.truncate(start)  # the server resumes where it says it does, not where we hoped
+                f.seek(start)
                 for chunk in chunks:
                     written += len(chunk)
                     if written > info.length:  # endless data: stop at the signed length

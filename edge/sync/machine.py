@@ -20,10 +20,12 @@ from tuf.api import exceptions as tuf_exc
 from bentos.errors import (
     BentoEdgeError,
     ChannelError,
+    ConfigError,
     DecryptionError,
     FormatError,
     HealthCheckError,
     IntegrityError,
+    KeyMissingError,
     SignatureError,
     VerificationError,
 )
@@ -80,8 +82,30 @@ def records_failure(stage: Stage, outcome: Outcome) -> bool:
     return outcome is Outcome.REJECTED and ORDER.index(stage) >= ORDER.index(Stage.DOWNLOAD)
 
 
+#: How often a version may fail in ways that are not clearly its own fault before it goes on
+#: the failed list: bytes that do not match the signed hash (a bad mirror or proxy can cause
+#: that, and TUF treats mirrors as untrusted), or the agent dying during its health check
+#: (a power cut, or a model that crashes the runtime).
+MAX_STRIKES = 3
+
+
+def strike_kind(stage: Stage, exc: BaseException) -> str | None:
+    """Which strike counter a failure counts against, or None if it is decisive at once."""
+    if stage is Stage.DOWNLOAD and isinstance(
+            exc, tuf_exc.LengthOrHashMismatchError | tuf_exc.DownloadLengthMismatchError):
+        return "download"
+    return None
+
+
+def after_strike(strikes: int) -> Outcome:
+    """A struck version is retried later until it has used up its strikes."""
+    return Outcome.REJECTED if strikes >= MAX_STRIKES else Outcome.TRANSIENT
+
+
 def classify(stage: Stage, exc: BaseException) -> Outcome:
     """How a failure at ``stage`` ends the cycle."""
+    if isinstance(exc, KeyMissingError | ConfigError | DecryptionError):
+        return Outcome.TRANSIENT  # this device's keys or config, not the version: retry once fixed
     if isinstance(exc, tuf_exc.LengthOrHashMismatchError) and stage is Stage.DOWNLOAD:
         return Outcome.REJECTED  # the target is not what the signed metadata says
     if isinstance(exc, tuf_exc.RepositoryError):

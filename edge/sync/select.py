@@ -122,12 +122,12 @@ def choose(cands: Iterable[Candidate], d: Device) -> Choice:
     mine = [c for c in cands if c.model == model]
     if not mine:
         return Choice(None, f"no version of {model} is published")
+    pins = [c for c in mine if c.pinned]
+    if pins:  # a pin holds the fleet on that version: nothing else, even if the pin is not for us
+        mine = pins
     allowed = [c for c in mine if refusal(c, d) is None]
     if not allowed:
         return Choice(None, refusal(max(mine, key=_order), d) or "no permitted version")
-    pinned = [c for c in allowed if c.pinned]
-    if pinned:
-        allowed = pinned
     best = max(allowed, key=_order)
     if d.active_release is not None and d.active_model == model and best.release <= d.active_release:
         return Choice(None, f"up to date (active release {d.active_release}, newest permitted {best.key} "

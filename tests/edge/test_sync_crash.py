@@ -113,3 +113,43 @@ def test_kill_at_random_moments(provisioned: tuple[Path, Path]) -> None:
         out = restart.communicate(timeout=120)[0].decode()
         assert restart.returncode == 0, out
         assert assert_valid_active(state, {"v2"}) == "v2"
+
+
+def test_a_version_that_keeps_killing_the_agent_in_its_health_check_is_refused(provisioned: tuple[Path, Path]) -> None:
+    tmp, template = provisioned
+    state = fresh_device(tmp, template, "dev-crashloop")
+    for _ in range(3):  # a model that takes the agent down while it is checked, three times
+        proc = agent_sync(state / "agent.toml", crash_at=Stage.HEALTH.value)
+        proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL
+        assert assert_valid_active(state, {"v1"}) == "v1"
+    last = agent_sync(state / "agent.toml")
+    out = last.communicate(timeout=120)[0].decode()
+    assert last.returncode == 1, out
+    assert "stopped the agent during 3 health checks" in DeviceState(state).failed()["tiny:v2"]
+    assert assert_valid_active(state, {"v1"}) == "v1"
+
+
+def test_a_misconfigured_start_up_blames_no_version(provisioned: tuple[Path, Path]) -> None:
+    from edge.active import ActiveModel
+    from edge.sync.agent import SyncAgent
+
+    tmp, template = provisioned
+    state = fresh_device(tmp, template, "dev-misconfig")
+    cfg = agent_config.load(state / "agent.toml")
+    broken = agent_config.with_overrides(cfg, trusted_signers=())  # the operator dropped the signer keys
+    agent = SyncAgent(broken, ActiveModel())
+    try:
+        agent.start_up()
+        assert agent.active.get() is None and "trusted" in str(agent.status()["last_error"])
+    finally:
+        agent.close()
+    st = DeviceState(state)
+    assert st.failed() == {} and st.pointer().active == "v1"  # fixed config: v1 serves again
+    fixed = SyncAgent(cfg, ActiveModel())
+    try:
+        fixed.start_up()
+        model = fixed.active.get()
+        assert model is not None and model.version == "v1"
+    finally:
+        fixed.close()

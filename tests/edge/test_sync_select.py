@@ -34,8 +34,7 @@ def test_choice_is_permitted_newest_and_never_a_downgrade(cands: list[select.Can
     if choice.candidate is None:
         # Nothing chosen: then no permitted, newer candidate of the followed model exists
         # (unless a pin holds the device back).
-        if model is not None and not any(c.pinned and c.model == model and select.refusal(c, dev) is None
-                                         for c in cands):
+        if model is not None and not any(c.pinned and c.model == model for c in cands):
             newer = [c for c in cands if c.model == model and select.refusal(c, dev) is None
                      and (dev.active_release is None or dev.active_model != model
                           or c.release > dev.active_release)]
@@ -49,7 +48,7 @@ def test_choice_is_permitted_newest_and_never_a_downgrade(cands: list[select.Can
     if dev.active_release is not None and dev.active_model == model:
         assert c.release > dev.active_release
     pool = [x for x in cands if x.model == model and select.refusal(x, dev) is None]
-    if any(x.pinned for x in pool):
+    if any(x.pinned for x in cands if x.model == model):  # a pin, permitted here or not, rules
         assert c.pinned
         pool = [x for x in pool if x.pinned]
     assert c.release == max(x.release for x in pool)
@@ -149,3 +148,13 @@ def test_pointer_keeps_active_and_one_previous(history: list[str]) -> None:
         if before.active and before.active != v:
             assert p.previous == (before.active,)
     assert Pointer.from_bytes(p.to_bytes()) == p
+
+
+def test_a_pin_holds_even_when_this_device_may_not_take_the_pinned_version() -> None:
+    def cand(version: str, release: int, pinned: bool) -> select.Candidate:
+        return select.Candidate(model="m", version=version, release=release, pinned=pinned)
+
+    dev = select.Device(device_id="d1", device_class="default", agent_version="0.1.0",
+                        failed=frozenset({"m:v2"}))
+    choice = select.choose([cand("v1", 1, False), cand("v2", 2, True), cand("v3", 3, False)], dev)
+    assert choice.candidate is None and "m:v2 failed on this device before" in choice.reason
