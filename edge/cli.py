@@ -189,13 +189,8 @@ def run(config_path: Path | None, port: int | None) -> None:
 
 
 def _server(cfg: agent_config.AgentConfig, active: ActiveModel, status_provider: Any) -> Any:
-    try:
-        from edge.server import AgentServer
-    except ImportError as exc:
-        if exc.name != "edge.server":
-            raise
-        logging.getLogger("bentoedge.agent").warning("edge.server is not available: running the sync loop only")
-        return None
+    from edge.server import AgentServer
+
     if not cfg.state_dir.exists():
         raise ConfigError(f"state folder {cfg.state_dir} is missing; run 'bentoedge agent init'")
     return AgentServer(cfg, active, status_provider=status_provider)

@@ -169,9 +169,24 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # a burst of connections waits in the backlog, not refused
 
+    max_connections = 256  # one thread each: a bound, so slow clients cannot grow threads without end
+
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], agent: AgentServer) -> None:
         self.agent = agent
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the client retries, the device keeps serving the rest
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -271,7 +271,7 @@ class Channel:
         copy = SealedModel.open(staged)
         if recipients:
             keyring = Keyring().add_kek(kek if kek is not None else LocalKeys(self.home).kek())
-            copy.add_wraps(list(recipients), keyring, "edge")  # type: ignore[arg-type]  # bentos Recipient protocol vs frozen dataclass
+            copy.add_wraps(list(recipients), keyring, "edge")
         # Publish only the device wraps of edge artifacts: the channel is public, and a
         # wrap under the publisher's KEK or a cloud key has no business on it.
         wraps = copy.wraps()

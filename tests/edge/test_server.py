@@ -12,6 +12,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -293,3 +294,40 @@ def test_overload_offloads_and_every_request_is_answered(make_agent: Callable[..
     for _, where, reason in results:
         assert (where, reason) in {("edge", ""), ("cloud", "overloaded"), ("cloud", "latency_budget")}
     assert json.loads(get(server, "/status")[1])["local"]["inflight"] == 0
+
+
+def test_connections_beyond_the_bound_are_closed_and_the_rest_are_served(tmp_path: Any) -> None:
+    import socket as _socket
+
+    from edge import server as server_mod
+    from edge.active import ActiveModel
+    from edge.config import AgentConfig
+
+    cfg = AgentConfig(device_id="d", channel="file:///nowhere", cloud="", state=str(tmp_path), port=0)
+    old = server_mod._HTTPServer.max_connections
+    server_mod._HTTPServer.max_connections = 2
+    try:
+        with server_mod.AgentServer(cfg, ActiveModel()) as srv:
+            idle = [_socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]  # slow clients
+            try:
+                extra = _socket.create_connection(("127.0.0.1", srv.port))
+                extra.settimeout(5)
+                extra.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert extra.recv(100) == b""  # refused by closing, not queued forever
+                extra.close()
+            finally:
+                for s in idle:
+                    s.close()
+            for _ in range(50):  # once the slow clients leave, the agent answers again
+                try:
+                    with _socket.create_connection(("127.0.0.1", srv.port), timeout=5) as ok:
+                        ok.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        if ok.recv(100).startswith(b"HTTP/1.1 200"):
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the agent never answered again")
+    finally:
+        server_mod._HTTPServer.max_connections = old
