@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -82,7 +83,12 @@ def make_app(backend: Callable[[], Backend]) -> Starlette:
             ready = False
         return _json({"status": "ready"} if ready else {"status": "starting"}, 200 if ready else 503)
 
-    return _Mounted(routes=[
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 are plain text; the contract answers every error in JSON.
+        status = getattr(exc, "status_code", 500)
+        return _json({"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}"}, status)
+
+    return _Mounted(exception_handlers={HTTPException: http_error}, routes=[
         Route("/predict", predict, methods=["POST"]),
         Route("/invocations", predict, methods=["POST"]),  # SageMaker's name for the same call
         Route("/ping", ping, methods=["GET"]),  # SageMaker's health check

@@ -153,3 +153,9 @@ def test_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
     finally:
         stop_server(proc)
     assert re.search(r"refusing to serve tampered:v1: .*modified", log.read_text())
+
+
+def test_wrong_method_is_a_json_error_like_the_device(tiny_server: str) -> None:
+    status, raw = get(tiny_server + "/predict")  # GET, not POST
+    assert status == 405
+    assert "/predict" in json.loads(raw)["error"]
