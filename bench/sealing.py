@@ -1,8 +1,10 @@
 """Benchmark: what sealing costs at load time, for a model of at least 100 MB.
 
-Builds an ONNX model with large random MatMul weights, seals it with bentos.aead, and
-times in the same run (a) plain load: read the file and ``InferenceSession(bytes)``,
-(b) sealed load: read the ciphertext, decrypt into memory, ``InferenceSession(bytes)``.
+Builds an ONNX model with large random MatMul weights, seals it as a cloud artifact with
+bentos.sealed.seal (KEK recipient, signed manifest), and times in the same run
+(a) plain load: read the file and ``InferenceSession(bytes)``,
+(b) sealed load, the path the cloud service takes: unwrap the key, decrypt into memory
+while checking the signed plaintext SHA-256 (``SealedModel.decrypt``), ``InferenceSession(bytes)``.
 Also measures single-thread decryption throughput.  Goals: ratio <= 1.15, >= 1 GB/s.
 The plaintext model file is written to a private temp folder that is removed afterwards
 (it stands for the user's own source file).  Usage: python bench/sealing.py [--quick]
@@ -11,7 +13,6 @@ The plaintext model file is written to a private temp folder that is removed aft
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -25,6 +26,10 @@ sys.path.insert(0, str(ROOT))
 from bench._common import write_result  # noqa: E402
 from bentos import aead  # noqa: E402
 from bentos.convert import private_workdir  # noqa: E402
+from bentos.keystore import LocalKeys  # noqa: E402
+from bentos.manifest import Signature, TensorSpec  # noqa: E402
+from bentos.recipients import KekRecipient, Keyring, WrapContext  # noqa: E402
+from bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
 
 
 def make_model(mb: int) -> bytes:
@@ -54,30 +59,37 @@ def main() -> None:
 
     reps = 2 if args.quick else 5
     plain = make_model(104)
-    key = os.urandom(32)
-    ad = b"bentoedge/1|bench|v1|cloud-fp32"
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     with private_workdir("bentoedge-bench-") as work:
-        src, enc = work / "model.onnx", work / "model.onnx.enc"
+        src = work / "model.onnx"
         src.write_bytes(plain)
-        with open(enc, "wb") as f:
-            aead.encrypt_stream(key, [plain[i:i + (8 << 20)] for i in range(0, len(plain), 8 << 20)], f, ad)
-        size_enc = enc.stat().st_size
+        keys = LocalKeys(work / "home")
+        keys.init()
+        sig = Signature((TensorSpec("x", "float32", (None, 1024)),), (TensorSpec("y", "float32", (None, 1024)),))
+        sealed_dir = work / "sealed"
+        seal(SealRequest("bench", "v1", 1, {"kind": "onnx", "sha256": "0" * 64}, sig,
+                         [Plain("cloud-fp32", "cloud", plain, "onnxruntime", "fp32")]),
+             sealed_dir, [KekRecipient(keys.kek())], keys.signing_key())
+        sealed = SealedModel.open(sealed_dir)
+        ring = Keyring().add_kek(keys.kek())
+        size_enc = sealed.manifest.artifact("cloud-fp32").size
         plain_t, sealed_t, dec_t = [], [], []
         for _ in range(reps):
             t = time.perf_counter()
             ort.InferenceSession(src.read_bytes(), so, providers=["CPUExecutionProvider"])
             plain_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            with open(enc, "rb", buffering=0) as f:
-                buf = aead.decrypt_file(key, f, size_enc, ad)
+            buf = sealed.decrypt("cloud-fp32", ring)
             t_dec = time.perf_counter()
-            ort.InferenceSession(bytes(buf), so, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(buf, so, providers=["CPUExecutionProvider"])
             sealed_t.append(time.perf_counter() - t)
             dec_t.append(t_dec - t)
             del buf
-        ct = enc.read_bytes()
+        ct = (sealed_dir / sealed.manifest.artifact("cloud-fp32").file).read_bytes()
+        ad = b"bentoedge/1|bench|v1|cloud-fp32"
+        key = ring.unwrap(sealed.wraps()["cloud-fp32"], WrapContext("bench", "v1", "cloud-fp32",
+                                                                    sealed.manifest.artifact("cloud-fp32").sha256))
     mem = []
     for _ in range(reps):
         t = time.perf_counter()

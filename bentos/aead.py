@@ -19,10 +19,11 @@ model costs its plaintext size in memory once and never touches the disk in the 
 
 from __future__ import annotations
 
-import io
+import ctypes
 import os
 import struct
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -144,52 +145,107 @@ def encrypt_stream(key: bytes, chunks: Iterable[bytes], out: BinaryIO, associate
     return written
 
 
-def decrypt(key: bytes, ciphertext: bytes | bytearray | memoryview, associated_data: bytes = b"") -> bytearray:
-    """Decrypt a whole in-memory artifact into one new buffer; IntegrityError on any tampering."""
-    return decrypt_file(key, io.BytesIO(ciphertext), len(ciphertext), associated_data)
+def decrypt(key: bytes, ciphertext: bytes | bytearray | memoryview, associated_data: bytes = b"",
+            on_plaintext: Callable[[memoryview], None] | None = None) -> bytes:
+    """Decrypt a whole in-memory artifact; IntegrityError on any tampering."""
+    view = memoryview(ciphertext).cast("B")
+    pos = 0
+
+    def read(n: int) -> memoryview:
+        nonlocal pos
+        chunk = view[pos: pos + n]
+        pos += len(chunk)
+        return chunk
+
+    return _decrypt(key, read, len(view), associated_data, None, on_plaintext)
 
 
 def decrypt_file(key: bytes, f: BinaryIO, length: int, associated_data: bytes = b"",
-                 hasher: Any = None) -> bytearray:
-    """Decrypt ``length`` ciphertext bytes read from ``f`` into one buffer, segment by segment.
+                 hasher: Any = None, on_plaintext: Callable[[memoryview], None] | None = None) -> bytes:
+    """Decrypt ``length`` ciphertext bytes read from ``f``, segment by segment.
 
-    Memory holds the plaintext once plus one segment of ciphertext; ``hasher`` (e.g.
-    ``hashlib.sha256()``) is fed every ciphertext byte so a caller can check the signed
-    hash without reading the file twice.
+    Memory holds the plaintext once plus one segment of ciphertext.  ``hasher`` (e.g.
+    ``hashlib.sha256()``) is fed every ciphertext byte, so a caller can check a signed
+    hash without reading the file twice; ``on_plaintext`` sees every decrypted segment.
     """
+    chunk = bytearray(DEFAULT_SEGMENT_SIZE + TAG_SIZE)
+
+    def read(n: int) -> memoryview:
+        nonlocal chunk
+        if len(chunk) < n:
+            chunk = bytearray(n)
+        view = memoryview(chunk)[:n]
+        got = f.readinto(view)  # type: ignore[attr-defined]
+        return view[: got or 0]
+
+    return _decrypt(key, read, length, associated_data, hasher, on_plaintext)
+
+
+def _decrypt(key: bytes, read: Callable[[int], memoryview], length: int, associated_data: bytes,
+             hasher: Any, on_plaintext: Callable[[memoryview], None] | None) -> bytes:
     if len(key) != KEY_SIZE:
         raise ValueError("data key must be 32 bytes")
-    header = f.read(HEADER_SIZE)
+    header = bytes(read(HEADER_SIZE))
     if hasher is not None:
         hasher.update(header)
     segment_size, prefix = parse_header(header)
-    size = plaintext_size(length, segment_size)
-    out = bytearray(size)
-    out_view = memoryview(out)
+    out, out_view = fresh_bytes(plaintext_size(length, segment_size))
     aead = AESGCM(key)
     aad = header + associated_data
     full = segment_size + TAG_SIZE
-    chunk = bytearray(full)
     pos, written, counter = HEADER_SIZE, 0, 0
     while True:
         last = pos + full >= length
         n_ct = length - pos if last else full
-        view = memoryview(chunk)[:n_ct]
-        got = f.readinto(view)  # type: ignore[attr-defined]
-        if got != n_ct:
+        segment = read(n_ct)
+        if len(segment) != n_ct:
             raise IntegrityError("encrypted artifact is shorter than its manifest says (truncated)")
         if hasher is not None:
-            hasher.update(view)
+            hasher.update(segment)
         n = n_ct - TAG_SIZE
+        plain = out_view[written: written + n]
         try:
-            aead.decrypt_into(_nonce(prefix, counter, last), view, aad, out_view[written: written + n])
+            aead.decrypt_into(_nonce(prefix, counter, last), segment, aad, plain)
         except InvalidTag:
             raise IntegrityError(
                 f"encrypted artifact failed authentication at segment {counter}: it was modified, "
                 "truncated or belongs to another model"
             ) from None
+        if on_plaintext is not None:
+            on_plaintext(plain)
         written += n
         counter += 1
         pos += n_ct
         if last:
-            return out
+            return out if isinstance(out, bytes) else bytes(out)
+
+
+# ONNX Runtime and LiteRT take a model only as ``bytes``.  Decrypting into a bytearray and
+# converting would copy the whole model, and fault in its pages, a second time: on CPython
+# the plaintext goes straight into a new, not yet shared bytes object instead.
+_NEW_BYTES = (ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t)(
+    ("PyBytes_FromStringAndSize", ctypes.pythonapi)) if sys.implementation.name == "cpython" else None)
+
+
+def fresh_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
+    """A new ``bytes`` of ``size`` and a writable view of it, to fill before anyone reads it
+    (a bytearray on other interpreters, which costs one copy at the end)."""
+    if _NEW_BYTES is None or size == 0:
+        buf = bytearray(size)
+        return buf, memoryview(buf)
+    out = _NEW_BYTES(None, size)
+    # ob_sval starts one byte before the end of the fixed part (bytes.__basicsize__ counts the
+    # terminating NUL); the object is ours alone until we return it.
+    raw = (ctypes.c_char * size).from_address(id(out) + bytes.__basicsize__ - 1)
+    raw.owner = out  # type: ignore[attr-defined]  # the view keeps the bytes alive, as a view should
+    return out, memoryview(raw).cast("B")
+
+
+def wipe(buffer: bytes | bytearray) -> None:
+    """Overwrite a plaintext returned by ``decrypt`` with zeros once its consumer has its own copy
+    (ONNX Runtime copies a model it loads from bytes; LiteRT does not, so never wipe what an
+    interpreter holds).  Only for buffers from this module: a shared bytes object must not be."""
+    if isinstance(buffer, bytearray):
+        buffer[:] = bytes(len(buffer))
+    elif _NEW_BYTES is not None and buffer:
+        ctypes.memset(id(buffer) + bytes.__basicsize__ - 1, 0, len(buffer))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bentos import health
+from bentos import aead, health
 from bentos.errors import HealthCheckError, KeyMissingError
 from bentos.keystore import LocalKeys, default_home
 from bentos.manifest import Artifact, Manifest
@@ -131,13 +131,13 @@ def open_cloud_model(sealed: SealedModel, settings: CloudSettings, env: Mapping[
     plain = sealed.decrypt(placement.artifact.id, ring)
     t1 = time.perf_counter()
     try:
-        model = CloudModel(sealed.manifest, placement.artifact, bytes(plain), placement.providers, settings.ort_threads)
+        model = CloudModel(sealed.manifest, placement.artifact, plain, placement.providers, settings.ort_threads)
     except HealthCheckError:
         raise
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph kinds
         raise HealthCheckError(f"{sealed.manifest.tag}: onnxruntime cannot load {placement.artifact.id}: {exc}") from None
     finally:
-        plain[:] = b"\0" * len(plain)  # drop our copy of the plaintext as soon as the session has it
+        aead.wipe(plain)  # the session holds its own copy: drop ours at once
     count = golden_check(model, sealed, ring)
     return Loaded(model, placement, count, t1 - t0, time.perf_counter() - t0)
 

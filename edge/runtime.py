@@ -201,7 +201,7 @@ def load_edge_model(sealed: SealedModel, keyring: Keyring, threads: int | None =
         raise HealthCheckError(f"{sealed.manifest.tag} has no edge artifact")
     plain = sealed.decrypt(art.id, keyring)
     try:
-        return EdgeModel(sealed.manifest, art, bytes(plain), threads=threads, workers=workers)
+        return EdgeModel(sealed.manifest, art, plain, threads=threads, workers=workers)
     except (ValueError, RuntimeError) as exc:
         raise HealthCheckError(f"{sealed.manifest.tag}: the runtime cannot load {art.id}: {exc}") from None
 
