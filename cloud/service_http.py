@@ -22,7 +22,6 @@ the service logs that once.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from bentos.api import (
     HEADER_VERSION,
     NPZ,
     encode_npz,
+    json_dumps,
     parse_request,
     response_json,
 )
@@ -112,7 +112,7 @@ async def _predict(request: Request, svc: Backend) -> Response:
     headers = {HEADER_SERVED_BY: "cloud", HEADER_VERSION: svc.version, HEADER_MODEL: svc.name}
     if NPZ in request.headers.get("accept", ""):
         return Response(encode_npz(outputs), media_type=NPZ, headers=headers)
-    return Response(json.dumps(response_json(outputs, svc.name, svc.version, "cloud")),
+    return Response(json_dumps(response_json(outputs, svc.name, svc.version, "cloud")),
                     media_type="application/json", headers=headers)
 
 
@@ -131,7 +131,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+    return Response(json_dumps(body), status_code=status, media_type="application/json")
 
 
 def find_batcher(server: Any, api_name: str) -> Callable[[np.ndarray], Awaitable[Any]] | None:

@@ -15,7 +15,6 @@ unusable, so at most three steps (edge, cloud, edge) happen before a 503 with th
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from bentos.api import (
     NPZ,
     batch_size,
     encode_npz,
+    json_dumps,
     parse_request,
     response_json,
 )
@@ -67,7 +67,7 @@ class Reply:
 
 
 def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, json.dumps(doc).encode(), JSON, headers or {})
+    return Reply(status, json_dumps(doc), JSON, headers or {})
 
 
 class LocalLoad:
