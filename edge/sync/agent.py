@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from bentos.errors import (
@@ -272,6 +272,8 @@ class SyncAgent:
 
     def _run(self, stage: Stage, ctx: dict[str, Any]) -> tuple[Outcome, str]:
         if stage is Stage.REFRESH:
+            if self._nothing_new():
+                return Outcome.NOTHING, "up to date (the channel's timestamp is unchanged)"
             ctx["updater"] = updater = self._updater()
             updater.refresh()
             return Outcome.OK, "refreshed"
@@ -310,6 +312,21 @@ class SyncAgent:
             log.info("now serving %s release %d", cand.key, cand.release)
             return Outcome.OK, f"now serving {cand.key} release {cand.release}"
         raise AssertionError(stage)
+
+    def _nothing_new(self) -> bool:
+        """One small GET decides a poll with nothing new (see machine.timestamp_unchanged)."""
+        trusted_file = self.state.tuf / "timestamp.json"
+        try:
+            trusted = trusted_file.read_bytes()
+        except FileNotFoundError:
+            return False
+        try:
+            expired = Metadata.from_bytes(trusted).signed.is_expired()
+        except Exception:  # unreadable cache: let the full refresh deal with it
+            return False
+        url = f"{self.config.channel.rstrip('/')}/metadata/timestamp.json"
+        fetched = self.fetcher.download_bytes(url, UpdaterConfig().timestamp_max_length)
+        return machine.timestamp_unchanged(self._status.get("last_result"), trusted, fetched, expired)
 
     def _select(self, ctx: dict[str, Any]) -> tuple[Outcome, str]:
         updater: Updater = ctx["updater"]

@@ -72,9 +72,19 @@ def next_stage(stage: Stage, outcome: Outcome) -> Stage | Result:
     if outcome is Outcome.OK:
         i = ORDER.index(stage)
         return ORDER[i + 1] if i + 1 < len(ORDER) else Result.UPDATED
-    if outcome is Outcome.NOTHING and stage is not Stage.SELECT:
-        raise ValueError(f"only selection may find nothing to do, not {stage.value}")
+    if outcome is Outcome.NOTHING and stage not in (Stage.REFRESH, Stage.SELECT):
+        raise ValueError(f"only refresh and selection may find nothing to do, not {stage.value}")
     return TERMINAL[outcome]
+
+
+def timestamp_unchanged(last_result: str | None, trusted: bytes | None, fetched: bytes,
+                        trusted_expired: bool) -> bool:
+    """Whether a poll may stop after one GET: the channel's timestamp is byte for byte the one
+    this device already trusts, that one has not expired, and the last cycle ended well (after
+    an error the full refresh runs, so a failed download is retried).  Every change to the
+    channel (a release, a pin, a withdrawal, new keys) comes with a new timestamp."""
+    return (last_result in (Result.UPDATED.value, Result.UP_TO_DATE.value) and trusted is not None
+            and trusted == fetched and not trusted_expired)
 
 
 def records_failure(stage: Stage, outcome: Outcome) -> bool:

@@ -99,7 +99,7 @@ def test_normal_update_then_up_to_date(world: World) -> None:
     assert world.agent.sync_once().result == "updated"
     assert world.serving() == "v2"
     r = world.agent.sync_once()
-    assert r.result == "up_to_date" and r.requests <= 2  # root probe (404) + timestamp
+    assert r.result == "up_to_date" and r.requests == 1 and r.bytes < 2048  # one small GET: timestamp.json
 
 
 def test_tampered_target_ciphertext(world: World) -> None:

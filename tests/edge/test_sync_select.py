@@ -158,3 +158,13 @@ def test_a_pin_holds_even_when_this_device_may_not_take_the_pinned_version() -> 
                         failed=frozenset({"m:v2"}))
     choice = select.choose([cand("v1", 1, False), cand("v2", 2, True), cand("v3", 3, False)], dev)
     assert choice.candidate is None and "m:v2 failed on this device before" in choice.reason
+
+
+@given(st.sampled_from([None, "updated", "up_to_date", "error", "refused"]), st.binary(max_size=8),
+       st.binary(max_size=8), st.booleans())
+def test_a_poll_stops_after_one_get_only_when_nothing_can_have_changed(
+        last: str | None, trusted: bytes, fetched: bytes, expired: bool) -> None:
+    from edge.sync.machine import timestamp_unchanged
+
+    quick = timestamp_unchanged(last, trusted, fetched, expired)
+    assert quick == (last in ("updated", "up_to_date") and trusted == fetched and not expired)
