@@ -1,8 +1,10 @@
 """Cloud serving benchmark: raw ONNX Runtime (the floor), plain BentoML (the peer), bentoedge.
 
-One run, one model, one machine: the same ONNX graph (the 64-feature, 10-class digits
-shape) called directly with ``InferenceSession.run``, served unencrypted by the minimal
-BentoML service in ``bench/peer_service.py``, and served sealed by ``cloud.service``.
+One run, one model, one machine: the example digits classifier, built and sealed by
+``bentos.build`` (its cloud-fp32 ONNX artifact), called directly with
+``InferenceSession.run``, served unencrypted by the minimal BentoML service in
+``bench/peer_service.py`` (the plain .onnx lives in the bench's temporary folder: the peer
+is by definition unencrypted), and served sealed by ``cloud.service``.
 For each server: start-up time (process start to /readyz 200, for bentoedge including
 signature check, decryption and golden samples; the decryption share is read from the
 service's log line), and p50/p99 latency and throughput at concurrency 1 and 16 over
@@ -19,6 +21,8 @@ import http.client
 import json
 import os
 import re
+import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -29,7 +33,13 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "cloud")]
+sys.path[:0] = [str(ROOT)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -110,19 +120,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bentoedge-bench-cloud-"))
     os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
                        "BENTOEDGE_HOME": str(work / "home")})
-    from service_support import free_port, seal_tiny
-
     from bench._common import write_result
+    from bentos.build import BuildOptions, build
+    from bentos.keystore import LocalKeys
+    from bentos.recipients import Keyring
     from cloud.serve import start_server
+    from examples.digits import make_example
 
-    sealed = seal_tiny(work / "home", name="digits-bench")
+    home = work / "home"
+    LocalKeys(home).init()
+    example = make_example(work / "example")
+    sealed = build(BuildOptions(source=example["model"], name="digits-bench", home=home, version="v1",
+                                calibration=example["calibration"], validation=example["validation"],
+                                edge=(), cloud=("fp32",)))
+    onnx_fp32 = sealed.decrypt("cloud-fp32", Keyring().add_kek(LocalKeys(home).kek()))
     onnx_path = work / "plain.onnx"
-    onnx_path.write_bytes(sealed.onnx_fp32)
+    onnx_path.write_bytes(onnx_fp32)
     xs = np.random.default_rng(0).random((n, 64), dtype=np.float32)
 
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(sealed.onnx_fp32, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(onnx_fp32, providers=["CPUExecutionProvider"])
     for x in xs[:50]:
         sess.run(None, {"x": x[None, :]})
     lat = []
@@ -140,16 +158,17 @@ def main() -> None:
                                      service="bench.peer_service:Peer"),
         peer_port, "/predict", lambda x: json.dumps({"x": x.tolist()}).encode(), xs, peer_log)
     edge = bench_server(
-        "bentoedge", lambda: start_server(sealed.tag, edge_port, log=edge_log),
+        "bentoedge", lambda: start_server(sealed.manifest.tag, edge_port, log=edge_log),
         edge_port, "/predict", lambda x: json.dumps({"inputs": {"x": x.tolist()}}).encode(), xs, edge_log)
 
     ratios = {f"c{c}": {"p50_vs_peer": edge[f"c{c}"]["p50_ms"] / peer[f"c{c}"]["p50_ms"],
                         "throughput_vs_peer": edge[f"c{c}"]["throughput_rps"] / peer[f"c{c}"]["throughput_rps"]}
               for c in (1, 16)}
     goal = all(r["p50_vs_peer"] <= 1.10 and r["throughput_vs_peer"] >= 0.95 for r in ratios.values())
-    data = {"model": "64-feature dense+softmax (digits shape), ONNX fp32", "requests_per_point": n,
+    data = {"model": "examples/digits (64 -> 512 -> 256 -> 10 MLP), cloud-fp32 ONNX", "requests_per_point": n,
             "quick": args.quick, "raw_onnxruntime": floor, "peer_bentoml": peer, "bentoedge": edge,
             "ratios": ratios, "goal": "p50 <= 1.10x peer and throughput >= 0.95x peer", "goal_met": goal}
+    shutil.rmtree(work, ignore_errors=True)
     path = write_result("cloud_serving", data)
     print(json.dumps(ratios), "goal met" if goal else "goal NOT met", path)
 
