@@ -9,7 +9,8 @@ Side by side in one run, on two models:
 
 Per model: the floor (set, invoke, get on a bare LiteRT interpreter), the agent in process
 (``EdgeModel.predict`` on the sealed model decrypted in memory), the agent over HTTP on
-loopback (``AgentServer``, keep-alive, JSON and .npz bodies), and the peer: plain
+loopback (``AgentServer`` in a process of its own, as on a device: bench/agent_process.py;
+keep-alive, JSON and .npz bodies), and the peer: plain
 ``bentoml serve`` of the same .tflite file with the same interpreter
 (bench/peer_tflite_service.py), JSON bodies.  p50/p99 in milliseconds.
 
@@ -23,14 +24,16 @@ added delay) comparing edge_only with prefer_edge: p50/p99 and the fraction offl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,10 +50,7 @@ from bentos.keystore import LocalKeys  # noqa: E402
 from bentos.manifest import Signature, TensorSpec  # noqa: E402
 from bentos.recipients import KekRecipient, Keyring  # noqa: E402
 from bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
-from edge.active import ActiveModel  # noqa: E402
-from edge.config import AgentConfig, Limits  # noqa: E402
 from edge.runtime import EdgeModel, interpreter_class, load_edge_model  # noqa: E402
-from edge.server import AgentServer  # noqa: E402
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -153,11 +153,23 @@ def http_calls(port: int, path: str, body: bytes, content_type: str, accept: str
         conn.close()
 
 
-def agent_config(port: int = 0, cloud: str = "", mode: str = "prefer_edge", **limits: Any) -> AgentConfig:
-    base: dict[str, Any] = {"max_batch": 64, "max_payload_bytes": 16 << 20, "max_inflight": 64, "latency_budget_ms": 1e6}
-    base.update(limits)
-    return AgentConfig(device_id="bench", channel="file:///none", cloud=cloud, state="/nonexistent", port=port,
-                       mode=mode, cloud_timeout_s=10.0, limits=Limits(**base))
+@contextlib.contextmanager
+def agent_process(sealed: SealedModel, keys_home: Path, **settings: Any) -> Iterator[int]:
+    """The agent's HTTP API in its own process (see bench/agent_process.py); yields its port."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "agent_process.py"), str(sealed.path),
+                             str(keys_home), json.dumps(settings)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout is not None else ""
+        if not line.startswith("ready "):
+            raise RuntimeError(f"the agent process did not start (exit {proc.poll()}): {line!r}")
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_peer(tflite: Path, body: bytes, n: int, log: Path) -> list[float]:
@@ -260,12 +272,14 @@ def open_loop(port: int, body: bytes, rate: float, seconds: float) -> dict[str, 
             "offload_fraction": round(sum(1 for _, s, w in results if s == 200 and w == "cloud") / max(1, n), 4)}
 
 
-def overload(sealed: SealedModel, keyring: Keyring, x: np.ndarray, seconds: float) -> dict[str, Any]:
+def overload(sealed: SealedModel, keyring: Keyring, keys_home: Path, x: np.ndarray,
+             seconds: float) -> dict[str, Any]:
     """Capacity = one keep-alive client's closed-loop rate over HTTP; then offer twice that."""
     body = npz({"x": x})
-    with AgentServer(agent_config(), ActiveModel(load_edge_model(sealed, keyring))) as agent:
-        service_ms = stats(http_calls(agent.port, "/predict", body, "application/x-npz", None, 30))["p50"]
-        local_ms = stats(timed(lambda: agent.active.get().predict({"x": x}), 30))["p50"]  # type: ignore[union-attr]
+    with agent_process(sealed, keys_home) as port:
+        service_ms = stats(http_calls(port, "/predict", body, "application/x-npz", None, 30))["p50"]
+    model = load_edge_model(sealed, keyring)
+    local_ms = stats(timed(lambda: model.predict({"x": x}), 30))["p50"]
     capacity_rps = 1000.0 / service_ms
     stub = ThreadingHTTPServer(("127.0.0.1", 0), _SlowCloud)
     stub.daemon_threads = True
@@ -276,10 +290,9 @@ def overload(sealed: SealedModel, keyring: Keyring, x: np.ndarray, seconds: floa
                            "local_ms_p50": local_ms, "capped_at_rps": MAX_OFFERED_RPS if 2 * capacity_rps > MAX_OFFERED_RPS else None}
     try:
         for mode in ("edge_only", "prefer_edge"):
-            model = load_edge_model(sealed, keyring)
-            config = agent_config(cloud=cloud, mode=mode, max_inflight=2, latency_budget_ms=4 * local_ms)
-            with AgentServer(config, ActiveModel(model)) as agent:
-                out[mode] = open_loop(agent.port, body, min(2 * capacity_rps, MAX_OFFERED_RPS), seconds)
+            limits = {"max_inflight": 2, "latency_budget_ms": 4 * local_ms}
+            with agent_process(sealed, keys_home, cloud=cloud, mode=mode, limits=limits) as port:
+                out[mode] = open_loop(port, body, min(2 * capacity_rps, MAX_OFFERED_RPS), seconds)
     finally:
         stub.shutdown()
         stub.server_close()
@@ -298,9 +311,9 @@ def bench_model(name: str, model: bytes, tmp: Path, n: int,
     res["floor"] = stats(floor(model, x, n))
     res["in_process"] = stats(timed(lambda: edge.predict({"x": x}), n))
     json_body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
-    with AgentServer(agent_config(), ActiveModel(edge)) as agent:
-        res["http_json"] = stats(http_calls(agent.port, "/predict", json_body, "application/json", None, n))
-        res["http_npz"] = stats(http_calls(agent.port, "/predict", npz({"x": x}), "application/x-npz",
+    with agent_process(sealed, tmp / f"home-{name}") as port:
+        res["http_json"] = stats(http_calls(port, "/predict", json_body, "application/json", None, n))
+        res["http_npz"] = stats(http_calls(port, "/predict", npz({"x": x}), "application/x-npz",
                                            "application/x-npz", n))
     path = tmp / f"{name}.tflite"
     path.write_bytes(model)
@@ -346,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Capacity as a service: one keep-alive client's rate over HTTP.  The offered
                 # load is capped where a Python load generator on the same two cores stops
                 # keeping time (then the figure says so: capped_at_rps).
-                result["overload"] = overload(sealed, keyring, np.repeat(x, OVERLOAD_BATCH, axis=0),
+                result["overload"] = overload(sealed, keyring, tmp / f"home-{name}", np.repeat(x, OVERLOAD_BATCH, axis=0),
                                               3.0 if args.quick else 10.0)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"wrote {write_result('edge_serving', result)} in {result['total_s']} s")
