@@ -175,8 +175,13 @@ def decrypt_file(key: bytes, f: BinaryIO, length: int, associated_data: bytes = 
         if len(chunk) < n:
             chunk = bytearray(n)
         view = memoryview(chunk)[:n]
-        got = f.readinto(view)  # type: ignore[attr-defined]
-        return view[: got or 0]
+        got = 0
+        while got < n:  # an unbuffered read may return less than asked (pipes, FUSE, NFS)
+            more = f.readinto(view[got:])  # type: ignore[attr-defined]
+            if not more:
+                break
+            got += more
+        return view[:got]
 
     return _decrypt(key, read, length, associated_data, hasher, on_plaintext)
 
@@ -194,30 +199,44 @@ def _decrypt(key: bytes, read: Callable[[int], memoryview], length: int, associa
     aad = header + associated_data
     full = segment_size + TAG_SIZE
     pos, written, counter = HEADER_SIZE, 0, 0
-    while True:
-        last = pos + full >= length
-        n_ct = length - pos if last else full
-        segment = read(n_ct)
-        if len(segment) != n_ct:
-            raise IntegrityError("encrypted artifact is shorter than its manifest says (truncated)")
-        if hasher is not None:
-            hasher.update(segment)
-        n = n_ct - TAG_SIZE
-        plain = out_view[written: written + n]
-        try:
-            aead.decrypt_into(_nonce(prefix, counter, last), segment, aad, plain)
-        except InvalidTag:
-            raise IntegrityError(
-                f"encrypted artifact failed authentication at segment {counter}: it was modified, "
-                "truncated or belongs to another model"
-            ) from None
-        if on_plaintext is not None:
-            on_plaintext(plain)
-        written += n
-        counter += 1
-        pos += n_ct
-        if last:
-            return out if isinstance(out, bytes) else bytes(out)
+    try:
+        while True:
+            last = pos + full >= length
+            n_ct = length - pos if last else full
+            segment = read(n_ct)
+            if len(segment) != n_ct:
+                raise IntegrityError("encrypted artifact is shorter than its manifest says (truncated)")
+            if hasher is not None:
+                hasher.update(segment)
+            n = n_ct - TAG_SIZE
+            plain = out_view[written: written + n]
+            try:
+                aead.decrypt_into(_nonce(prefix, counter, last), segment, aad, plain)
+            except InvalidTag:
+                raise IntegrityError(
+                    f"encrypted artifact failed authentication at segment {counter}: it was modified, "
+                    "truncated or belongs to another model"
+                ) from None
+            if on_plaintext is not None:
+                on_plaintext(plain.toreadonly())
+            written += n
+            counter += 1
+            pos += n_ct
+            if last:
+                return out if isinstance(out, bytes) else bytes(out)
+    except BaseException:
+        # The buffer holds authenticated plaintext of earlier segments and, since GCM writes
+        # before it checks the tag, the forged plaintext of this one: a traceback's locals
+        # must not carry either to an error reporter.
+        _zero(out, out_view)
+        raise
+
+
+def _zero(out: bytes | bytearray, view: memoryview) -> None:
+    if isinstance(out, bytearray) or len(view) == 0:
+        view[:] = bytes(len(view))
+    else:
+        ctypes.memset(id(out) + bytes.__basicsize__ - 1, 0, len(view))
 
 
 # ONNX Runtime and LiteRT take a model only as ``bytes``.  Decrypting into a bytearray and
@@ -247,5 +266,5 @@ def wipe(buffer: bytes | bytearray) -> None:
     interpreter holds).  Only for buffers from this module: a shared bytes object must not be."""
     if isinstance(buffer, bytearray):
         buffer[:] = bytes(len(buffer))
-    elif _NEW_BYTES is not None and buffer:
+    elif _NEW_BYTES is not None and len(buffer) > 1:  # CPython shares its empty and 1-byte objects
         ctypes.memset(id(buffer) + bytes.__basicsize__ - 1, 0, len(buffer))

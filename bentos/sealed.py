@@ -248,6 +248,7 @@ class SealedModel:
         finally:
             hexdigest = digest.finish()
         if hexdigest != art.plaintext_sha256:
+            aead.wipe(plain)  # authentic under a key someone holds, but not what was signed
             raise IntegrityError(f"artifact {art.id!r} decrypted to bytes other than those signed")
         return plain
 

@@ -137,7 +137,11 @@ def open_cloud_model(sealed: SealedModel, settings: CloudSettings, env: Mapping[
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph kinds
         raise HealthCheckError(f"{sealed.manifest.tag}: onnxruntime cannot load {placement.artifact.id}: {exc}") from None
     finally:
-        aead.wipe(plain)  # the session holds its own copy: drop ours at once
+        # The session parsed its own copy, but ONNX Runtime keeps our bytes to rebuild the
+        # session on the CPU if a GPU provider fails at run time: wipe them only when no
+        # such fallback exists.
+        if tuple(placement.providers) == ("CPUExecutionProvider",):
+            aead.wipe(plain)
     count = golden_check(model, sealed, ring)
     return Loaded(model, placement, count, t1 - t0, time.perf_counter() - t0)
 
