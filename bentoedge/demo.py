@@ -299,13 +299,18 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
         finally:
             os.kill(agent.pid, signal.SIGCONT)
 
-        def refused() -> str | None:
-            failed = (http_json(agent_port, "GET", "/status", timeout=2).body.get("sync") or {}).get("failed") or {}
-            return failed.get(f"{MODEL}:v3")
+        seen: list[str] = []
 
-        wait_for(lambda: refused() is not None, 60, "the device to refuse v3", agent, d.work / "agent.log")
+        def refused() -> bool:  # every attempt refuses the bytes; none installs them
+            sync = http_json(agent_port, "GET", "/status", timeout=2).body.get("sync") or {}
+            error = str(sync.get("last_error") or "")
+            if f"{MODEL}:v3 is not installed" in error:
+                seen.append(error)
+            return bool(seen)
+
+        wait_for(refused, 60, "the device to refuse v3", agent, d.work / "agent.log")
         r = predict(agent_port, xs[:2])
-        why = str(refused())
+        why = seen[-1]
         d.record("tamper", active_version() == "v2" and r.status == 200,
                  f"flipped one bit in {tampered}; the device refused v3 ({why[:90]}...) "
                  f"and still serves {r.headers.get('x-bentoedge-model-version')}")

@@ -8,6 +8,7 @@
     STATE/versions/<v>/     installed versions, still encrypted sealed-model folders
     STATE/active            pointer: {"model", "active", "previous": [...]}
     STATE/failed.json       {"model:version": "why"}: never retried automatically
+    STATE/strikes.json      {"model:version|health": n}: health checks the agent died in
     STATE/status.json       the agent's last status, for `agent status` and the API
     STATE/agent.lock        one agent per state folder (fcntl)
 
@@ -140,16 +141,30 @@ class DeviceState:
         atomic_write(self.strikes_file, canonical_json(strikes))
         return strikes[name]
 
+    def unstrike(self, key: str, kind: str) -> None:
+        """Take back the last strike of ``kind`` against ``key``."""
+        strikes = self._strikes()
+        name = f"{key}|{kind}"
+        if strikes.get(name, 0) > 1:
+            strikes[name] -= 1
+        else:
+            strikes.pop(name, None)
+        atomic_write(self.strikes_file, canonical_json(strikes))
+
     def clear_strikes(self, key: str) -> None:
         strikes = {k: v for k, v in self._strikes().items() if not k.startswith(f"{key}|")}
         atomic_write(self.strikes_file, canonical_json(strikes))
 
     def _strikes(self) -> dict[str, int]:
+        """The counts on disk; entries that are not small whole numbers are dropped, so a
+        damaged file costs at most some counts, never the ability to update."""
         try:
             data = json.loads(self.strikes_file.read_bytes())
-            return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
-        except (FileNotFoundError, ValueError, TypeError):
+        except (OSError, ValueError):  # missing, unreadable, not JSON
             return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if type(v) is int and 0 < v < 1000}
 
     def clear_failure(self, key: str) -> bool:
         failed = self.failed()
@@ -197,6 +212,17 @@ class DeviceState:
         shutil.rmtree(self.staging_dir(version), ignore_errors=True)
         if version not in self.pointer().versions:
             shutil.rmtree(self.version_dir(version), ignore_errors=True)
+
+    def restage(self, version: str) -> None:
+        """Move ``versions/<version>`` back to staging if no pointer names it: a cycle that
+        installed it ended (a crash, a failed check of our own) before the commit, and its
+        verified files spare the next download."""
+        src, dest = self.version_dir(version), self.staging_dir(version)
+        if src.is_dir() and not dest.exists() and version not in self.pointer().versions:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            fsync_dir(self.staging)
+            fsync_dir(self.versions)
 
     def prune(self, keep_staging: str | None = None) -> list[str]:
         """Delete installed versions the pointer no longer names, and stale staging folders."""

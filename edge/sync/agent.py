@@ -12,7 +12,8 @@ swap (``ActiveModel.swap``: in-flight requests finish on the old model) -> commi
 replaced atomically).  A failure at any stage leaves the previous model serving.
 
 Test hook (tests only): ``BENTOEDGE_TEST_CRASH_AT=<stage>`` makes the process SIGKILL
-itself right after that stage (or ``download-chunk``: mid-download), so crash tests can
+itself right after that stage (or ``download-chunk``: mid-download; ``health-check``:
+during the check), so crash tests can
 prove a restart always finds a whole, valid active version.
 """
 
@@ -106,7 +107,7 @@ class SyncAgent:
 
     def __init__(self, config: AgentConfig, active: ActiveModel, loader: Loader = load_and_check,
                  fetcher: CountingFetcher | None = None, rand: Callable[[], float] = random.random,
-                 env: Mapping[str, str] = os.environ) -> None:
+                 env: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.active = active
         self.loader = loader
@@ -114,9 +115,11 @@ class SyncAgent:
         self.fetcher = fetcher or fetcher_for(config.channel)
         self.rand = rand
         self.env = env
+        self.clock = clock  # the wall clock, as TUF's expiry checks use it
         self._lock = threading.Lock()
         self.state.lock()
         self._keyring: Keyring | None = None
+        self._verified: machine.Verified | None = None  # from this process's last full refresh
         self._status: dict[str, Any] = {
             "device_id": config.device_id, "device_class": config.device_class, "channel": config.channel,
             "active": None, "previous": [], "last_check": None, "last_result": None, "last_error": None,
@@ -243,11 +246,8 @@ class SyncAgent:
                 outcome, reason = self._run(stage, ctx)
             except Exception as exc:  # every failure is classified, logged and recorded
                 outcome, reason = machine.classify(stage, exc), f"{stage.value}: {type(exc).__name__}: {exc}"
-                kind = machine.strike_kind(stage, exc)
-                if kind is not None and "candidate" in ctx:
-                    strikes = self.state.strike(ctx["candidate"].key, kind)
-                    outcome = machine.after_strike(strikes)
-                    reason += f" (strike {strikes} of {machine.MAX_STRIKES})"
+                if stage is Stage.DOWNLOAD and outcome is Outcome.TRANSIENT and "candidate" in ctx:
+                    reason += f" ({ctx['candidate'].key} is not installed; retrying later)"
                 if machine.records_failure(stage, outcome) and "candidate" in ctx:
                     cand: select.Candidate = ctx["candidate"]
                     self.state.record_failure(cand.key, reason)
@@ -274,8 +274,10 @@ class SyncAgent:
         if stage is Stage.REFRESH:
             if self._nothing_new():
                 return Outcome.NOTHING, "up to date (the channel's timestamp is unchanged)"
+            self._verified = None
             ctx["updater"] = updater = self._updater()
             updater.refresh()
+            self._verified = self._what_refresh_verified(updater)
             return Outcome.OK, "refreshed"
         if stage is Stage.SELECT:
             return self._select(ctx)
@@ -290,12 +292,17 @@ class SyncAgent:
             self.state.install(cand.version)
             return Outcome.OK, "installed"
         if stage is Stage.HEALTH:
-            # Counted before the check runs, so an agent killed by the model itself still counts it.
+            # Counted before the check runs and taken back once it ends, however it ends: only
+            # an agent killed during the check (by the model itself, say) leaves a strike.
             strikes = self.state.strike(cand.key, "health")
-            if strikes > machine.MAX_STRIKES:
+            if strikes > machine.MAX_HEALTH_STRIKES:
                 raise HealthCheckError(f"{cand.key} stopped the agent during {strikes - 1} health checks")
-            sealed = self._open_verified(cand.version, cand)
-            ctx["model"] = self.loader(sealed, self.keyring(), self.config)
+            try:
+                sealed = self._open_verified(cand.version, cand)
+                ctx["model"] = self.loader(sealed, self.keyring(), self.config)
+                self._crash_hook("health-check")  # tests: a model that kills the agent mid-check
+            finally:
+                self.state.unstrike(cand.key, "health")
             return Outcome.OK, "healthy"
         if stage is Stage.SWAP:
             ctx["old"] = self.active.swap(ctx["model"])
@@ -315,18 +322,24 @@ class SyncAgent:
 
     def _nothing_new(self) -> bool:
         """One small GET decides a poll with nothing new (see machine.timestamp_unchanged)."""
-        trusted_file = self.state.tuf / "timestamp.json"
-        try:
-            trusted = trusted_file.read_bytes()
-        except FileNotFoundError:
-            return False
-        try:
-            expired = Metadata.from_bytes(trusted).signed.is_expired()
-        except Exception:  # unreadable cache: let the full refresh deal with it
+        if self._verified is None:
             return False
         url = f"{self.config.channel.rstrip('/')}/metadata/timestamp.json"
         fetched = self.fetcher.download_bytes(url, UpdaterConfig().timestamp_max_length)
-        return machine.timestamp_unchanged(self._status.get("last_result"), trusted, fetched, expired)
+        return machine.timestamp_unchanged(self._status.get("last_result"), self._verified, fetched, self.clock())
+
+    def _what_refresh_verified(self, updater: Updater) -> machine.Verified | None:
+        """The timestamp bytes ngclient just verified and stored, and the earliest expiry of
+        the metadata it now trusts; kept in memory, never trusted from disk later."""
+        trusted = updater._trusted_set  # see _select: ngclient has no public accessor
+        try:
+            timestamp = (self.state.tuf / "timestamp.json").read_bytes()
+        except OSError:
+            return None
+        if Metadata.from_bytes(timestamp).signed.version != trusted.timestamp.version:
+            return None
+        expires = min(md.expires for md in (trusted.root, trusted.timestamp, trusted.snapshot, trusted.targets))
+        return machine.Verified(timestamp, self.clock(), expires.timestamp())
 
     def _select(self, ctx: dict[str, Any]) -> tuple[Outcome, str]:
         updater: Updater = ctx["updater"]
@@ -363,6 +376,7 @@ class SyncAgent:
         if "manifest.json" not in rels or "manifest.sig" not in rels or "keys.json" not in rels:
             raise FormatError(f"{cand.key} lacks manifest.json, manifest.sig or keys.json on the channel")
         staging = self.state.staging_dir(cand.version)
+        self.state.restage(cand.version)  # installed by a cycle that ended before its commit
         self.state.prune(keep_staging=cand.version)  # an abandoned download of another version
         for path, rel in zip(cand.files, rels, strict=True):
             info = updater.get_targetinfo(path)

@@ -13,6 +13,7 @@ unit tests, and the agent's shell stays a loop over ``next_stage``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 from tuf.api import exceptions as tuf_exc
@@ -77,14 +78,31 @@ def next_stage(stage: Stage, outcome: Outcome) -> Stage | Result:
     return TERMINAL[outcome]
 
 
-def timestamp_unchanged(last_result: str | None, trusted: bytes | None, fetched: bytes,
-                        trusted_expired: bool) -> bool:
+#: The longest a device goes on the one-GET shortcut before it runs a full TUF refresh:
+#: that refresh is what finds a new root (say, one that revokes a stolen timestamp key),
+#: so this bounds how long a frozen but validly signed timestamp can hold a device.
+FULL_REFRESH_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the last full refresh in this process verified: the timestamp's exact bytes,
+    when, and the earliest expiry of root, timestamp, snapshot and targets."""
+
+    timestamp: bytes
+    at: float  # seconds, time.time()
+    expires: float  # seconds, time.time()
+
+
+def timestamp_unchanged(last_result: str | None, verified: Verified | None, fetched: bytes, now: float) -> bool:
     """Whether a poll may stop after one GET: the channel's timestamp is byte for byte the one
-    this device already trusts, that one has not expired, and the last cycle ended well (after
-    an error the full refresh runs, so a failed download is retried).  Every change to the
-    channel (a release, a pin, a withdrawal, new keys) comes with a new timestamp."""
-    return (last_result in (Result.UPDATED.value, Result.UP_TO_DATE.value) and trusted is not None
-            and trusted == fetched and not trusted_expired)
+    this process verified in a full refresh, no metadata it then trusted has expired since, that
+    refresh is under ``FULL_REFRESH_S`` old, and the last cycle ended well (after an error the
+    full refresh runs, so a failed download is retried).  Every change to the channel (a
+    release, a pin, a withdrawal, new keys) comes with a new timestamp."""
+    return (last_result in (Result.UPDATED.value, Result.UP_TO_DATE.value) and verified is not None
+            and verified.timestamp == fetched and now < verified.expires
+            and 0 <= now - verified.at < FULL_REFRESH_S)
 
 
 def records_failure(stage: Stage, outcome: Outcome) -> bool:
@@ -92,36 +110,26 @@ def records_failure(stage: Stage, outcome: Outcome) -> bool:
     return outcome is Outcome.REJECTED and ORDER.index(stage) >= ORDER.index(Stage.DOWNLOAD)
 
 
-#: How often a version may fail in ways that are not clearly its own fault before it goes on
-#: the failed list: bytes that do not match the signed hash (a bad mirror or proxy can cause
-#: that, and TUF treats mirrors as untrusted), or the agent dying during its health check
-#: (a power cut, or a model that crashes the runtime).
-MAX_STRIKES = 3
-
-
-def strike_kind(stage: Stage, exc: BaseException) -> str | None:
-    """Which strike counter a failure counts against, or None if it is decisive at once."""
-    if stage is Stage.DOWNLOAD and isinstance(
-            exc, tuf_exc.LengthOrHashMismatchError | tuf_exc.DownloadLengthMismatchError):
-        return "download"
-    return None
-
-
-def after_strike(strikes: int) -> Outcome:
-    """A struck version is retried later until it has used up its strikes."""
-    return Outcome.REJECTED if strikes >= MAX_STRIKES else Outcome.TRANSIENT
+#: How often the agent may die during one version's health check (a power cut, or a model
+#: that crashes the runtime) before that version goes on the failed list.  Only a death
+#: counts: a check that ends, however it ends, takes its strike back.
+MAX_HEALTH_STRIKES = 3
 
 
 def classify(stage: Stage, exc: BaseException) -> Outcome:
     """How a failure at ``stage`` ends the cycle."""
     if isinstance(exc, KeyMissingError | ConfigError | DecryptionError):
         return Outcome.TRANSIENT  # this device's keys or config, not the version: retry once fixed
-    if isinstance(exc, tuf_exc.LengthOrHashMismatchError) and stage is Stage.DOWNLOAD:
-        return Outcome.REJECTED  # the target is not what the signed metadata says
+    if stage is Stage.DOWNLOAD and isinstance(
+            exc, tuf_exc.LengthOrHashMismatchError | tuf_exc.DownloadLengthMismatchError):
+        # Bytes that miss their signed hash or length are refused, but they are the mirror's
+        # doing (TUF trusts no mirror), not the signed version's: refusing the version for
+        # good would let anyone on the path block an update forever.  Retried with backoff.
+        return Outcome.TRANSIENT
     if isinstance(exc, tuf_exc.RepositoryError):
         return Outcome.DISTRUSTED  # bad signature, expired, rolled back, mixed: not any one version
     if isinstance(exc, tuf_exc.DownloadLengthMismatchError):
-        return Outcome.DISTRUSTED if stage is Stage.REFRESH else Outcome.REJECTED  # endless data
+        return Outcome.DISTRUSTED  # endless metadata
     if isinstance(exc, tuf_exc.DownloadError | OSError | TimeoutError):
         return Outcome.TRANSIENT
     if isinstance(exc, SignatureError | IntegrityError | FormatError | DecryptionError | HealthCheckError

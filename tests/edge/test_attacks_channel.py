@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_suppo
 from sync_support import Device, make_device, seal_tiny, signer_pub  # noqa: E402
 
 from bentos.errors import UsageError  # noqa: E402
+from bentos.sealed import SealedModel  # noqa: E402
 from cloud.channel import Channel, repo  # noqa: E402
 from cloud.channel.channel import hashed_name  # noqa: E402
 from edge.sync import SyncAgent  # noqa: E402
+from edge.sync.machine import FULL_REFRESH_S  # noqa: E402
 
 X = {"x": np.ones((1, 4), np.float32)}
 
@@ -105,18 +108,19 @@ def test_normal_update_then_up_to_date(world: World) -> None:
 def test_tampered_target_ciphertext(world: World) -> None:
     world.publish("v2", 2)
     f = world.target_file("v2", "artifacts/edge-fp32.tflite.enc")
-    data = bytearray(f.read_bytes())
+    good = f.read_bytes()
+    data = bytearray(good)
     data[len(data) // 2] ^= 1
     f.write_bytes(bytes(data))
-    # Bytes that miss their signed hash may be a bad mirror's doing: retried, then refused.
-    for strike in (1, 2):
+    for _ in range(3):
         r = world.agent.sync_once()
-        assert r.result == "error" and f"strike {strike} of 3" in r.reason and world.serving() == "v1"
-        assert "tiny:v2" not in world.agent.status()["failed"]
-    assert "LengthOrHashMismatch" in refused(world)
-    assert "tiny:v2" in world.agent.status()["failed"]
-    # A refused version is never retried automatically.
-    assert world.agent.sync_once().result == "up_to_date"
+        assert r.result == "error" and "LengthOrHashMismatch" in r.reason and "not installed" in r.reason, r
+        assert world.serving() == "v1" and world.agent.state.pointer().active == "v1"
+    # The bytes are a mirror's doing, not the signed version's: an attacker on the path must
+    # not be able to block an update for good.  Once the mirror serves the real bytes, v2 comes.
+    assert "tiny:v2" not in world.agent.status()["failed"]
+    f.write_bytes(good)
+    assert world.agent.sync_once().result == "updated" and world.serving() == "v2"
 
 
 def test_arbitrary_target_not_in_metadata_is_never_fetched(world: World) -> None:
@@ -210,12 +214,15 @@ def test_endless_metadata(world: World) -> None:
 def test_endless_target(world: World) -> None:
     world.publish("v2", 2)
     f = world.target_file("v2", "artifacts/edge-fp32.tflite.enc")
-    f.write_bytes(f.read_bytes() + os.urandom(1 << 20))
-    for _ in range(2):  # the download stops at the signed length each time; a strike, then refused
+    good = f.read_bytes()
+    f.write_bytes(good + os.urandom(1 << 20))
+    for _ in range(3):  # the download stops at the signed length each time
         r = world.agent.sync_once()
         assert r.result == "error" and "longer than" in r.reason and r.bytes < 1 << 20
-    assert "longer than" in refused(world)
-    assert "tiny:v2" in world.agent.status()["failed"]
+        assert world.serving() == "v1"
+    assert "tiny:v2" not in world.agent.status()["failed"]
+    f.write_bytes(good)
+    assert world.agent.sync_once().result == "updated" and world.serving() == "v2"
 
 
 def test_timestamp_signed_by_wrong_key(world: World) -> None:
@@ -312,3 +319,94 @@ def test_one_agent_per_state_folder(world: World) -> None:
 
     with pytest.raises(UsageError, match="another agent"):
         SyncAgent(world.dev.config, ActiveModel())
+
+
+# ---- the one-GET poll must not skip what a full TUF refresh would catch ----------------------
+
+def test_frozen_timestamp_cannot_hide_a_key_rotation_past_the_full_refresh(world: World) -> None:
+    frozen = (world.meta / "timestamp.json").read_bytes()  # what a stolen timestamp key signed
+    world.ch.rotate("timestamp")  # the publisher revokes that key: a new root, a new timestamp
+    (world.meta / "timestamp.json").write_bytes(frozen)  # a mirror keeps serving the old one
+    now = time.time()
+    world.agent.clock = lambda: now + 60
+    assert world.agent.sync_once().result == "up_to_date"  # within the bound, as documented
+    world.agent.clock = lambda: now + FULL_REFRESH_S + 1
+    refused(world)  # the full refresh finds the new root, which no longer trusts that key
+
+
+def test_one_get_poll_notices_expired_targets(world: World) -> None:
+    md = world.ch.load()
+    soon = repo.utcnow() + timedelta(seconds=2)
+    md.targets.signed.version += 1
+    md.targets.signed.expires = soon
+    world.resign("targets", md.targets)
+    md.snapshot.signed.version += 1
+    md.snapshot.signed.meta["targets.json"].version = md.targets.signed.version
+    world.resign("snapshot", md.snapshot)
+    md.timestamp.signed.version += 1
+    md.timestamp.signed.snapshot_meta.version = md.snapshot.signed.version
+    world.resign("timestamp", md.timestamp)
+    assert world.agent.sync_once().result == "up_to_date"  # a full refresh verified the new set
+    time.sleep(max(0.0, (soon - repo.utcnow()).total_seconds()) + 0.5)
+    # The timestamp itself is unchanged and unexpired; the targets it leads to are not.
+    assert "expired" in refused(world).lower()
+
+
+def test_one_get_poll_never_trusts_a_forged_cache(world: World) -> None:
+    forged = world.ch.load().timestamp
+    forged.signed.version += 1
+    forged.signed.expires = repo.utcnow() + timedelta(days=3650)
+    forged.signatures.clear()
+    forged.sign(CryptoSigner(Ed25519PrivateKey.generate()))
+    for where in (world.meta / "timestamp.json", world.agent.state.tuf / "timestamp.json"):
+        where.write_bytes(forged.to_bytes())
+    assert refused(world)
+    world.agent.close()  # a restarted agent has verified nothing yet: it never takes the shortcut
+    again = SyncAgent(world.dev.config, world.dev.active)
+    try:
+        r = again.sync_once()
+        assert r.result == "refused" and world.serving() == "v1"
+    finally:
+        again.close()
+
+
+# ---- strikes: only a death during the health check counts ------------------------------------
+
+def test_a_device_enrolled_late_keeps_trying_and_takes_the_version_once_enrolled(world: World) -> None:
+    late = make_device(world.tmp / "dev2", world.ch.url, world.ch.root_bytes(), signer_pub(world.home),
+                       device_id="dev-2")
+    agent = SyncAgent(late.config, late.active)
+    try:
+        results = [agent.sync_once() for _ in range(5)]  # no key wrapped for this device yet
+        assert all(r.result == "error" and "health" in r.reason for r in results), results
+        files = 5  # manifest.json, manifest.sig, keys.json, the model, the golden samples
+        assert results[1].requests <= results[0].requests - files  # installed files kept, not fetched again
+        assert "tiny:v1" not in agent.status()["failed"] and not agent.state._strikes()
+        world.ch.enroll("dev-2", late.pub_pem)
+        (v1,) = world.tmp.glob("sealed-v1-*")
+        world.ch.publish(SealedModel.open(v1))  # the same v1, now also wrapped for dev-2
+        r = agent.sync_once()
+        assert r.result == "updated", r
+        assert r.requests <= results[0].requests - files + 1 + 2  # keys.json is new (and snapshot, targets)
+        assert late.active.get().version == "v1"  # type: ignore[union-attr]
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("damage", [b'{"tiny:v2|health": 1e309}', b'{"tiny:v2|health": Infinity}',
+                                    b"[1, 2]", b"\xff\xfe", b'{"tiny:v2|health": "3"}', None])
+def test_a_damaged_strikes_file_never_stops_updates(world: World, damage: bytes | None) -> None:
+    strikes = world.agent.state.strikes_file
+    if damage is None:
+        strikes.unlink(missing_ok=True)
+        strikes.mkdir()  # not even a file
+    else:
+        strikes.write_bytes(damage)
+    world.publish("v2", 2)
+    r = world.agent.sync_once()
+    if damage is None:  # the count cannot be written either: the health stage fails, v1 serves
+        assert r.result == "error" and world.serving() == "v1"
+        strikes.rmdir()
+        r = world.agent.sync_once()
+    assert r.result == "updated", r
+    assert world.serving() == "v2"

@@ -119,7 +119,7 @@ def test_a_version_that_keeps_killing_the_agent_in_its_health_check_is_refused(p
     tmp, template = provisioned
     state = fresh_device(tmp, template, "dev-crashloop")
     for _ in range(3):  # a model that takes the agent down while it is checked, three times
-        proc = agent_sync(state / "agent.toml", crash_at=Stage.HEALTH.value)
+        proc = agent_sync(state / "agent.toml", crash_at="health-check")  # inside the check
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL
         assert assert_valid_active(state, {"v1"}) == "v1"

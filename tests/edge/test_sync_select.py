@@ -120,7 +120,10 @@ def test_classify() -> None:
 
     assert machine.classify(Stage.REFRESH, tx.ExpiredMetadataError("x")) is Outcome.DISTRUSTED
     assert machine.classify(Stage.REFRESH, tx.DownloadError("x")) is Outcome.TRANSIENT
-    assert machine.classify(Stage.DOWNLOAD, tx.LengthOrHashMismatchError("x")) is Outcome.REJECTED
+    # A mirror's bad bytes are refused but never blamed on the signed version.
+    assert machine.classify(Stage.DOWNLOAD, tx.LengthOrHashMismatchError("x")) is Outcome.TRANSIENT
+    assert machine.classify(Stage.DOWNLOAD, tx.DownloadLengthMismatchError("x")) is Outcome.TRANSIENT
+    assert machine.classify(Stage.REFRESH, tx.DownloadLengthMismatchError("x")) is Outcome.DISTRUSTED
     assert machine.classify(Stage.VERIFY, SignatureError("x")) is Outcome.REJECTED
     assert machine.classify(Stage.HEALTH, HealthCheckError("x")) is Outcome.REJECTED
     assert machine.classify(Stage.INSTALL, OSError(28, "No space left on device")) is Outcome.TRANSIENT
@@ -160,11 +163,14 @@ def test_a_pin_holds_even_when_this_device_may_not_take_the_pinned_version() -> 
     assert choice.candidate is None and "m:v2 failed on this device before" in choice.reason
 
 
-@given(st.sampled_from([None, "updated", "up_to_date", "error", "refused"]), st.binary(max_size=8),
-       st.binary(max_size=8), st.booleans())
+@given(st.sampled_from([None, "updated", "up_to_date", "error", "refused"]), st.booleans(), st.binary(max_size=8),
+       st.binary(max_size=8), st.integers(-10, 5000), st.integers(-10, 5000))
 def test_a_poll_stops_after_one_get_only_when_nothing_can_have_changed(
-        last: str | None, trusted: bytes, fetched: bytes, expired: bool) -> None:
-    from edge.sync.machine import timestamp_unchanged
+        last: str | None, refreshed: bool, trusted: bytes, fetched: bytes, age: int, expires_in: int) -> None:
+    from edge.sync.machine import FULL_REFRESH_S, Verified, timestamp_unchanged
 
-    quick = timestamp_unchanged(last, trusted, fetched, expired)
-    assert quick == (last in ("updated", "up_to_date") and trusted == fetched and not expired)
+    now = 1_000_000.0
+    verified = Verified(trusted, now - age, now + expires_in) if refreshed else None
+    quick = timestamp_unchanged(last, verified, fetched, now)
+    assert quick == (last in ("updated", "up_to_date") and refreshed and trusted == fetched
+                     and expires_in > 0 and 0 <= age < FULL_REFRESH_S)
