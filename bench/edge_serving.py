@@ -214,6 +214,7 @@ def pool_vs_lock(sealed: SealedModel, keyring: Keyring, x: np.ndarray, per_threa
 
 MAX_OFFERED_RPS = 600.0
 OVERLOAD_BATCH = 16  # images per request, so the model (not the load generator) is the bottleneck
+OVERLOAD_BUDGET_MS = 100.0  # the device's latency budget (config latency_budget_ms): an interactive answer
 
 
 class _SlowCloud(BaseHTTPRequestHandler):
@@ -290,12 +291,18 @@ def overload(sealed: SealedModel, keyring: Keyring, keys_home: Path, x: np.ndarr
                            "local_ms_p50": local_ms, "capped_at_rps": MAX_OFFERED_RPS if 2 * capacity_rps > MAX_OFFERED_RPS else None}
     try:
         for mode in ("edge_only", "prefer_edge"):
-            limits = {"max_inflight": 2, "latency_budget_ms": 4 * local_ms}
+            limits = {"max_inflight": 2, "latency_budget_ms": OVERLOAD_BUDGET_MS}
             with agent_process(sealed, keys_home, cloud=cloud, mode=mode, limits=limits) as port:
                 out[mode] = open_loop(port, body, min(2 * capacity_rps, MAX_OFFERED_RPS), seconds)
     finally:
         stub.shutdown()
         stub.server_close()
+    prefer = out["prefer_edge"]
+    excess = max(0.0, 1.0 - capacity_rps / prefer["offered_rps"])
+    p99 = prefer.get("latency_ms", {}).get("p99", float("inf"))
+    out["goal"] = {"latency_budget_ms": OVERLOAD_BUDGET_MS, "excess_fraction": round(excess, 4),
+                   "prefer_edge_p99_within_budget": p99 <= OVERLOAD_BUDGET_MS,
+                   "prefer_edge_forwards_at_most_excess": prefer["offload_fraction"] <= excess + 0.02}
     return out
 
 

@@ -3,8 +3,9 @@
 Builds an ONNX model with large random MatMul weights, seals it as a cloud artifact with
 bentos.sealed.seal (KEK recipient, signed manifest), and times in the same run
 (a) plain load: read the file and ``InferenceSession(bytes)``,
-(b) sealed load, the path the cloud service takes: unwrap the key, decrypt into memory
-while checking the signed plaintext SHA-256 (``SealedModel.decrypt``), ``InferenceSession(bytes)``.
+(b) sealed load, the path the cloud service takes (``cloud.service_model.open_cloud_model``):
+check the manifest signature, unwrap the key, decrypt into memory while checking the signed
+plaintext SHA-256 (``SealedModel.decrypt``), ``InferenceSession(bytes)``.
 Also measures single-thread decryption throughput.  Goals: ratio <= 1.15, >= 1 GB/s.
 The plaintext model file is written to a private temp folder that is removed afterwards
 (it stands for the user's own source file).  Usage: python bench/sealing.py [--quick]
@@ -73,6 +74,7 @@ def main() -> None:
              sealed_dir, [KekRecipient(keys.kek())], keys.signing_key())
         sealed = SealedModel.open(sealed_dir)
         ring = Keyring().add_kek(keys.kek())
+        trusted = keys.trusted_signers()
         size_enc = sealed.manifest.artifact("cloud-fp32").size
         plain_t, sealed_t, dec_t = [], [], []
         for _ in range(reps):
@@ -80,6 +82,7 @@ def main() -> None:
             ort.InferenceSession(src.read_bytes(), so, providers=["CPUExecutionProvider"])
             plain_t.append(time.perf_counter() - t)
             t = time.perf_counter()
+            sealed.verify_signature(trusted)
             buf = sealed.decrypt("cloud-fp32", ring)
             t_dec = time.perf_counter()
             ort.InferenceSession(buf, so, providers=["CPUExecutionProvider"])

@@ -148,7 +148,7 @@ def test_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
     port = free_port()
     proc = start_server(bad.tag, port, env={"BENTOEDGE_HOME": str(bad.home)}, log=log)
     try:
-        with pytest.raises(HealthCheckError, match="refusing to serve tampered:v1: artifact 'cloud-fp32' does not match"):
+        with pytest.raises(HealthCheckError, match="refusing to serve tampered:v1: encrypted artifact failed authentication"):
             wait_ready(f"http://127.0.0.1:{port}", timeout=60, proc=proc, log=log)
     finally:
         stop_server(proc)
