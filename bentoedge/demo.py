@@ -304,7 +304,7 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
         def refused() -> bool:  # every attempt refuses the bytes; none installs them
             sync = http_json(agent_port, "GET", "/status", timeout=2).body.get("sync") or {}
             error = str(sync.get("last_error") or "")
-            if f"{MODEL}:v3 is not installed" in error:
+            if f"{MODEL}:v3 is not installed" in error and "LengthOrHashMismatch" in error:
                 seen.append(error)
             return bool(seen)
 

@@ -1,10 +1,13 @@
 """Bringing a sealed model up in the cloud: verify, unwrap, decrypt in memory, run, self-check.
 
 ``open_cloud_model`` is the whole start-up path of the cloud service, in the order that
-lets nothing unverified run: signature against the trusted signers, hashes of the cloud
-artifacts, data-key unwrap (local KEK or AWS KMS), decryption into memory,
-``onnxruntime.InferenceSession(bytes)`` (the plaintext never touches the disk), and the
-sealed golden samples.  Any failure is a ``BentoEdgeError`` whose one-line message the
+lets nothing unverified run: signature against the trusted signers, data-key unwrap
+(local KEK or AWS KMS), decryption into memory with every segment authenticated and the
+plaintext checked against its signed SHA-256, ``onnxruntime.InferenceSession(bytes)``
+(the plaintext never touches the disk), and the sealed golden samples.  Our copy of the
+plaintext is wiped once the session holds its own, except with a GPU provider: ONNX
+Runtime keeps those bytes to rebuild the session on the CPU if the GPU fails, so they
+live as long as the session.  Any failure is a ``BentoEdgeError`` whose one-line message the
 service logs before refusing to start.
 
 ``CloudModel.predict`` maps manifest names onto the session's inputs/outputs (by name,

@@ -214,9 +214,10 @@ class DeviceState:
             shutil.rmtree(self.version_dir(version), ignore_errors=True)
 
     def restage(self, version: str) -> None:
-        """Move ``versions/<version>`` back to staging if no pointer names it: a cycle that
-        installed it ended (a crash, a failed check of our own) before the commit, and its
-        verified files spare the next download."""
+        """Move ``versions/<version>`` back to staging if no pointer names it: an earlier cycle
+        of this process installed it and then failed before the commit (this device's keys,
+        say), and its files, checked again against the signed hashes, spare a download.
+        (After a restart ``prune`` has already removed such a folder.)"""
         src, dest = self.version_dir(version), self.staging_dir(version)
         if src.is_dir() and not dest.exists() and version not in self.pointer().versions:
             self.staging.mkdir(parents=True, exist_ok=True)

@@ -255,6 +255,8 @@ class SyncAgent:
                 # Serving must match the persisted pointer: undo the swap unless it was committed.
                 if stage in (Stage.SWAP, Stage.COMMIT) and ctx.get("old") is not None and not ctx.get("committed"):
                     self.active.swap(ctx["old"])
+                if ctx.pop("struck", False) and not ctx.get("committed"):
+                    self._take_back_strike(ctx["candidate"].key)
                 log.error("update %s at %s: %s", "refused" if outcome is not Outcome.TRANSIENT else "failed",
                           stage.value, reason)
             timings[stage.value] = time.perf_counter() - t0
@@ -292,17 +294,16 @@ class SyncAgent:
             self.state.install(cand.version)
             return Outcome.OK, "installed"
         if stage is Stage.HEALTH:
-            # Counted before the check runs and taken back once it ends, however it ends: only
-            # an agent killed during the check (by the model itself, say) leaves a strike.
+            # Counted before the check runs; taken back when the check (or the swap and commit
+            # after it) fails in a way the agent saw, and cleared at commit.  So only an agent
+            # killed between here and the commit (by the new model, say) leaves a strike.
             strikes = self.state.strike(cand.key, "health")
             if strikes > machine.MAX_HEALTH_STRIKES:
                 raise HealthCheckError(f"{cand.key} stopped the agent during {strikes - 1} health checks")
-            try:
-                sealed = self._open_verified(cand.version, cand)
-                ctx["model"] = self.loader(sealed, self.keyring(), self.config)
-                self._crash_hook("health-check")  # tests: a model that kills the agent mid-check
-            finally:
-                self.state.unstrike(cand.key, "health")
+            ctx["struck"] = True
+            sealed = self._open_verified(cand.version, cand)
+            ctx["model"] = self.loader(sealed, self.keyring(), self.config)
+            self._crash_hook("health-check")  # tests: a model that kills the agent mid-check
             return Outcome.OK, "healthy"
         if stage is Stage.SWAP:
             ctx["old"] = self.active.swap(ctx["model"])
@@ -320,6 +321,12 @@ class SyncAgent:
             return Outcome.OK, f"now serving {cand.key} release {cand.release}"
         raise AssertionError(stage)
 
+    def _take_back_strike(self, key: str) -> None:
+        try:
+            self.state.unstrike(key, "health")
+        except OSError as exc:  # the failure being handled matters more than the count
+            log.warning("cannot update %s: %s", self.state.strikes_file, exc)
+
     def _nothing_new(self) -> bool:
         """One small GET decides a poll with nothing new (see machine.timestamp_unchanged)."""
         if self._verified is None:
@@ -334,9 +341,9 @@ class SyncAgent:
         trusted = updater._trusted_set  # see _select: ngclient has no public accessor
         try:
             timestamp = (self.state.tuf / "timestamp.json").read_bytes()
-        except OSError:
-            return None
-        if Metadata.from_bytes(timestamp).signed.version != trusted.timestamp.version:
+            if Metadata.from_bytes(timestamp).signed.version != trusted.timestamp.version:
+                return None
+        except Exception:  # the refresh itself succeeded: the next poll simply runs in full
             return None
         expires = min(md.expires for md in (trusted.root, trusted.timestamp, trusted.snapshot, trusted.targets))
         return machine.Verified(timestamp, self.clock(), expires.timestamp())

@@ -115,11 +115,13 @@ def test_kill_at_random_moments(provisioned: tuple[Path, Path]) -> None:
         assert assert_valid_active(state, {"v2"}) == "v2"
 
 
-def test_a_version_that_keeps_killing_the_agent_in_its_health_check_is_refused(provisioned: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("where", ["health-check", Stage.SWAP.value])
+def test_a_version_that_keeps_killing_the_agent_before_its_commit_is_refused(provisioned: tuple[Path, Path],
+                                                                             where: str) -> None:
     tmp, template = provisioned
-    state = fresh_device(tmp, template, "dev-crashloop")
-    for _ in range(3):  # a model that takes the agent down while it is checked, three times
-        proc = agent_sync(state / "agent.toml", crash_at="health-check")  # inside the check
+    state = fresh_device(tmp, template, f"dev-crashloop-{where}")
+    for _ in range(3):  # a model that takes the agent down while checked or once serving, three times
+        proc = agent_sync(state / "agent.toml", crash_at=where)
         proc.communicate(timeout=120)
         assert proc.returncode == -signal.SIGKILL
         assert assert_valid_active(state, {"v1"}) == "v1"
