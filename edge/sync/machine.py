@@ -110,9 +110,9 @@ def records_failure(stage: Stage, outcome: Outcome) -> bool:
     return outcome is Outcome.REJECTED and ORDER.index(stage) >= ORDER.index(Stage.DOWNLOAD)
 
 
-#: How often the agent may die during one version's health check (a power cut, or a model
-#: that crashes the runtime) before that version goes on the failed list.  Only a death
-#: counts: a check that ends, however it ends, takes its strike back.
+#: How often the agent may die between one version's health check and its commit (a power
+#: cut, or a model that crashes the runtime) before that version goes on the failed list.
+#: Only a death counts: a failure the agent sees takes its strike back.
 MAX_HEALTH_STRIKES = 3
 
 
