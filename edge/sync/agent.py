@@ -87,6 +87,18 @@ class SyncResult:
         return self.result in (Result.UPDATED.value, Result.UP_TO_DATE.value)
 
 
+def describe(exc: BaseException) -> str:
+    """The error and what caused it: ngclient wraps a transport failure as "Failed to
+    download URL", and the reason (a refused certificate, a reset) is only in the cause."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause, depth = exc.__cause__, 0
+    while cause is not None and depth < 3:
+        if str(cause) and str(cause) not in text:
+            text += f" ({type(cause).__name__}: {cause})"
+        cause, depth = cause.__cause__, depth + 1
+    return text
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -245,7 +257,7 @@ class SyncAgent:
             try:
                 outcome, reason = self._run(stage, ctx)
             except Exception as exc:  # every failure is classified, logged and recorded
-                outcome, reason = machine.classify(stage, exc), f"{stage.value}: {type(exc).__name__}: {exc}"
+                outcome, reason = machine.classify(stage, exc), f"{stage.value}: {describe(exc)}"
                 if stage is Stage.DOWNLOAD and outcome is Outcome.TRANSIENT and "candidate" in ctx:
                     reason += f" ({ctx['candidate'].key} is not installed; retrying later)"
                 if machine.records_failure(stage, outcome) and "candidate" in ctx:
