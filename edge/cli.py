@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,24 @@ def _load(config_path: Path | None) -> agent_config.AgentConfig:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def sync(config_path: Path | None, as_json: bool) -> None:
     """Run one update cycle, then exit: 0 updated or up to date, 1 refused or failed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     from edge.sync import SyncAgent
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
-    with SyncAgent(cfg, ActiveModel()) as ag:
-        ag.start_up()
-        r = ag.sync_once()
+    console = Console(stderr=True)
+    # A bar per downloaded file on a terminal; nothing in a log or under --json.
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, disable=as_json or not console.is_terminal) as bars:
+        def on_file(path: str, total: int, have: int) -> Callable[[int], None]:
+            task = bars.add_task(path, total=total, completed=have)
+            return lambda n: bars.advance(task, n)
+
+        with SyncAgent(cfg, ActiveModel(), progress=on_file) as ag:
+            ag.start_up()
+            r = ag.sync_once()
     if as_json:
         click.echo(json.dumps({"result": r.result, "version": r.version, "reason": r.reason,
                                "stages": dict(r.stages), "requests": r.requests, "bytes": r.bytes}))

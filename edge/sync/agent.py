@@ -60,6 +60,9 @@ from edge.sync.machine import Outcome, Result, Stage
 log = logging.getLogger("bentoedge.sync")
 
 Loader = Callable[[SealedModel, Keyring, AgentConfig], ServingModel]
+#: ``progress(path, total_bytes, already_have)`` when a target download starts; returns a
+#: callback for each chunk's size (``bentoedge agent sync`` draws a bar with it).
+DownloadProgress = Callable[[str, int, int], Callable[[int], None]]
 CRASH_ENV = "BENTOEDGE_TEST_CRASH_AT"
 _FILE = re.compile(r"^(manifest\.json|manifest\.sig|keys\.json|artifacts/[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 
@@ -119,7 +122,8 @@ class SyncAgent:
 
     def __init__(self, config: AgentConfig, active: ActiveModel, loader: Loader = load_and_check,
                  fetcher: CountingFetcher | None = None, rand: Callable[[], float] = random.random,
-                 env: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.time) -> None:
+                 env: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.time,
+                 progress: DownloadProgress | None = None) -> None:
         self.config = config
         self.active = active
         self.loader = loader
@@ -128,6 +132,7 @@ class SyncAgent:
         self.rand = rand
         self.env = env
         self.clock = clock  # the wall clock, as TUF's expiry checks use it
+        self.progress = progress
         self._lock = threading.Lock()
         self.state.lock()
         self._keyring: Keyring | None = None
@@ -425,6 +430,7 @@ class SyncAgent:
             dirname, sep, base = info.path.rpartition("/")
             url = f"{self.config.channel.rstrip('/')}/targets/{dirname}{sep}{sha}.{base}"
             chunks, start = self.fetcher.fetch_from(url, have)
+            advance = self.progress(info.path, info.length, start) if self.progress is not None else None
             written = start
             with open(part, "r+b" if start else "wb") as f:
                 f.truncate(start)  # the server resumes where it says it does, not where we hoped
@@ -435,6 +441,8 @@ class SyncAgent:
                         raise tuf_exc.DownloadLengthMismatchError(
                             f"{info.path} is longer than its signed {info.length} bytes")
                     f.write(chunk)
+                    if advance is not None:
+                        advance(len(chunk))
                     if self.env.get(CRASH_ENV) == "download-chunk" and written >= min(info.length, 1 << 16):
                         f.flush()
                         os.fsync(f.fileno())

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -167,9 +167,18 @@ def test_agent_resumes_a_partial_download_over_http(http_channel: tuple[str, Pat
     part.parent.mkdir(parents=True)
     half = art.stat().st_size // 2
     part.write_bytes(art.read_bytes()[:half])
-    with SyncAgent(dev.config, dev.active) as agent:
+    seen: dict[str, list[int]] = {}
+
+    def progress(path: str, total: int, have: int) -> Callable[[int], None]:
+        seen[path] = [total, have, 0]
+        return lambda n: seen[path].__setitem__(2, seen[path][2] + n)
+
+    with SyncAgent(dev.config, dev.active, progress=progress) as agent:
         r = agent.sync_once()
     assert r.result == "updated", r
     assert [rng for path, rng in RangeHandler.ranges if path.endswith(".edge-fp32.tflite.enc")] == [f"bytes={half}-"]
+    # Progress starts at what was already there and counts the rest, file by file.
+    assert seen["tiny/v1/artifacts/edge-fp32.tflite.enc"] == [art.stat().st_size, half, art.stat().st_size - half]
+    assert all(have + got == total for total, have, got in seen.values()) and "tiny/v1/manifest.json" in seen
     assert not part.exists() and (folder / "dev/versions/v1/artifacts/edge-fp32.tflite.enc").read_bytes() == art.read_bytes()
     assert open_storage(ch.url).url == ch.url
