@@ -316,7 +316,8 @@ class SyncAgent:
             # killed between here and the commit (by the new model, say) leaves a strike.
             strikes = self.state.strike(cand.key, "health")
             if strikes > machine.MAX_HEALTH_STRIKES:
-                raise HealthCheckError(f"{cand.key} stopped the agent during {strikes - 1} health checks")
+                raise HealthCheckError(f"{cand.key} took the agent down {strikes - 1} times between its health "
+                                       "check and its commit")
             ctx["struck"] = True
             sealed = self._open_verified(cand.version, cand)
             ctx["model"] = self.loader(sealed, self.keyring(), self.config)

@@ -128,7 +128,7 @@ def test_a_version_that_keeps_killing_the_agent_before_its_commit_is_refused(pro
     last = agent_sync(state / "agent.toml")
     out = last.communicate(timeout=120)[0].decode()
     assert last.returncode == 1, out
-    assert "stopped the agent during 3 health checks" in DeviceState(state).failed()["tiny:v2"]
+    assert "took the agent down 3 times between its health check" in DeviceState(state).failed()["tiny:v2"]
     assert assert_valid_active(state, {"v1"}) == "v1"
 
 
