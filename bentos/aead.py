@@ -228,15 +228,8 @@ def _decrypt(key: bytes, read: Callable[[int], memoryview], length: int, associa
         # The buffer holds authenticated plaintext of earlier segments and, since GCM writes
         # before it checks the tag, the forged plaintext of this one: a traceback's locals
         # must not carry either to an error reporter.
-        _zero(out, out_view)
+        wipe(out)
         raise
-
-
-def _zero(out: bytes | bytearray, view: memoryview) -> None:
-    if isinstance(out, bytearray) or len(view) == 0:
-        view[:] = bytes(len(view))
-    else:
-        ctypes.memset(id(out) + bytes.__basicsize__ - 1, 0, len(view))
 
 
 # ONNX Runtime and LiteRT take a model only as ``bytes``.  Decrypting into a bytearray and
@@ -253,9 +246,8 @@ def fresh_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
         buf = bytearray(size)
         return buf, memoryview(buf)
     out = _NEW_BYTES(None, size)
-    # ob_sval starts one byte before the end of the fixed part (bytes.__basicsize__ counts the
-    # terminating NUL); the object is ours alone until we return it.
-    raw = (ctypes.c_char * size).from_address(id(out) + bytes.__basicsize__ - 1)
+    # The object is ours alone until we return it.
+    raw = (ctypes.c_char * size).from_address(_data_address(out))
     raw.owner = out  # type: ignore[attr-defined]  # the view keeps the bytes alive, as a view should
     return out, memoryview(raw).cast("B")
 
@@ -267,4 +259,10 @@ def wipe(buffer: bytes | bytearray) -> None:
     if isinstance(buffer, bytearray):
         buffer[:] = bytes(len(buffer))
     elif _NEW_BYTES is not None and len(buffer) > 1:  # CPython shares its empty and 1-byte objects
-        ctypes.memset(id(buffer) + bytes.__basicsize__ - 1, 0, len(buffer))
+        ctypes.memset(_data_address(buffer), 0, len(buffer))
+
+
+def _data_address(obj: bytes) -> int:
+    """Where a CPython bytes object keeps its data: ob_sval starts one byte before the end of
+    the fixed part (``bytes.__basicsize__`` counts the terminating NUL)."""
+    return id(obj) + bytes.__basicsize__ - 1

@@ -133,18 +133,18 @@ class DeviceState:
         failed[key] = reason
         atomic_write(self.failed_file, canonical_json(failed))
 
-    def strike(self, key: str, kind: str) -> int:
-        """Count one more strike of ``kind`` against version ``key``; returns the new count."""
+    def strike(self, key: str) -> int:
+        """Count one more health-check strike against version ``key``; returns the new count."""
         strikes = self._strikes()
-        name = f"{key}|{kind}"
+        name = f"{key}|health"
         strikes[name] = strikes.get(name, 0) + 1
         atomic_write(self.strikes_file, canonical_json(strikes))
         return strikes[name]
 
-    def unstrike(self, key: str, kind: str) -> None:
-        """Take back the last strike of ``kind`` against ``key``."""
+    def unstrike(self, key: str) -> None:
+        """Take back the last strike against ``key``."""
         strikes = self._strikes()
-        name = f"{key}|{kind}"
+        name = f"{key}|health"
         if strikes.get(name, 0) > 1:
             strikes[name] -= 1
         else:

@@ -314,7 +314,7 @@ class SyncAgent:
             # Counted before the check runs; taken back when the check (or the swap and commit
             # after it) fails in a way the agent saw, and cleared at commit.  So only an agent
             # killed between here and the commit (by the new model, say) leaves a strike.
-            strikes = self.state.strike(cand.key, "health")
+            strikes = self.state.strike(cand.key)
             if strikes > machine.MAX_HEALTH_STRIKES:
                 raise HealthCheckError(f"{cand.key} took the agent down {strikes - 1} times between its health "
                                        "check and its commit")
@@ -341,7 +341,7 @@ class SyncAgent:
 
     def _take_back_strike(self, key: str) -> None:
         try:
-            self.state.unstrike(key, "health")
+            self.state.unstrike(key)
         except OSError as exc:  # the failure being handled matters more than the count
             log.warning("cannot update %s: %s", self.state.strikes_file, exc)
 
