@@ -8,7 +8,7 @@ thousands of objects that every full garbage collection walks: a JSON request fo
 generator.  This script loads one sealed model the way the agent does (decrypted in
 memory with the local KEK) and serves ``AgentServer`` on loopback until it is terminated.
 
-    python bench/agent_process.py SEALED_DIR KEYS_HOME CONFIG_JSON
+    python -m bench.agent_process SEALED_DIR KEYS_HOME CONFIG_JSON
     -> prints "ready PORT" on stdout once it listens
 
 CONFIG_JSON holds ``mode``, ``cloud`` and the ``limits`` overrides.  It imports only what
@@ -25,16 +25,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bentos.keystore import LocalKeys  # noqa: E402
-from bentos.recipients import Keyring  # noqa: E402
-from bentos.sealed import SealedModel  # noqa: E402
-from edge.active import ActiveModel  # noqa: E402
-from edge.config import AgentConfig, Limits  # noqa: E402
-from edge.runtime import load_edge_model  # noqa: E402
-from edge.server import AgentServer  # noqa: E402
+from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
+from bentoedge.bentos.recipients import Keyring  # noqa: E402
+from bentoedge.bentos.sealed import SealedModel  # noqa: E402
+from bentoedge.edge.active import ActiveModel  # noqa: E402
+from bentoedge.edge.config import AgentConfig, Limits  # noqa: E402
+from bentoedge.edge.runtime import load_edge_model  # noqa: E402
+from bentoedge.edge.server import AgentServer  # noqa: E402
 
 BENCH_LIMITS: dict[str, Any] = {"max_batch": 64, "max_payload_bytes": 16 << 20, "max_inflight": 64,
                                 "latency_budget_ms": 1e6}

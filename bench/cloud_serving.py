@@ -11,7 +11,7 @@ service's log line), and p50/p99 latency and throughput at concurrency 1 and 16 
 persistent HTTP connections.  The servers run one after the other, never together, so
 they do not share the CPU.  Writes bench/results/cloud_serving.json.
 
-    python bench/cloud_serving.py [--quick] [--requests N]
+    python -m bench.cloud_serving [--quick] [--requests N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -33,7 +32,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
 
 
 def free_port() -> int:
@@ -90,7 +88,7 @@ def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> dict[st
 
 def bench_server(name: str, start: Any, port: int, path: str, make_body: Any, xs: np.ndarray,
                  log: Path) -> dict[str, Any]:
-    from cloud.serve import stop_server, wait_ready
+    from bentoedge.cloud.serve import stop_server, wait_ready
 
     t0 = time.perf_counter()
     proc = start()
@@ -121,11 +119,11 @@ def main() -> None:
     os.environ.update({"BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
                        "BENTOEDGE_HOME": str(work / "home")})
     from bench._common import write_result
-    from bentos.build import BuildOptions, build
-    from bentos.keystore import LocalKeys
-    from bentos.recipients import Keyring
-    from cloud.serve import start_server
-    from examples.digits import make_example
+    from bentoedge.bentos.build import BuildOptions, build
+    from bentoedge.bentos.keystore import LocalKeys
+    from bentoedge.bentos.recipients import Keyring
+    from bentoedge.cloud.serve import start_server
+    from bentoedge.examples.digits import make_example
 
     home = work / "home"
     LocalKeys(home).init()

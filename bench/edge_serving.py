@@ -18,7 +18,7 @@ Also: an interpreter pool vs one interpreter behind a lock (two client threads),
 overload run (open loop at twice the measured capacity, cloud = a loopback stub with an
 added delay) comparing edge_only with prefer_edge: p50/p99 and the fraction offloaded.
 
-    .venv/bin/python bench/edge_serving.py [--quick]   ->  bench/results/edge_serving.json
+    .venv/bin/python -m bench.edge_serving [--quick]   ->  bench/results/edge_serving.json
 """
 
 from __future__ import annotations
@@ -42,15 +42,13 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from bench._common import write_result  # noqa: E402
-from bentos.keystore import LocalKeys  # noqa: E402
-from bentos.manifest import Signature, TensorSpec  # noqa: E402
-from bentos.recipients import KekRecipient, Keyring  # noqa: E402
-from bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
-from edge.runtime import EdgeModel, interpreter_class, load_edge_model  # noqa: E402
+from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
+from bentoedge.bentos.manifest import Signature, TensorSpec  # noqa: E402
+from bentoedge.bentos.recipients import KekRecipient, Keyring  # noqa: E402
+from bentoedge.bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
+from bentoedge.edge.runtime import EdgeModel, interpreter_class, load_edge_model  # noqa: E402
 
 
 def stats(ms: list[float]) -> dict[str, float]:
@@ -85,7 +83,7 @@ def to_int8_tflite(keras_model: Any, calib: np.ndarray) -> bytes:
 def build_models(tmp: Path, quick: bool) -> dict[str, bytes]:
     import keras
 
-    from examples import digits
+    from bentoedge.examples import digits
 
     x, _ = digits.digits_data()
     paths = digits.make_example(tmp / "digits", epochs=3 if quick else 30)
@@ -175,7 +173,7 @@ def agent_process(sealed: SealedModel, keys_home: Path, **settings: Any) -> Iter
 def run_peer(tflite: Path, body: bytes, n: int, log: Path) -> list[float]:
     import socket
 
-    from cloud.serve import start_server, stop_server, wait_ready
+    from bentoedge.cloud.serve import start_server, stop_server, wait_ready
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ recognises by key name (``p50_ms``/``p99_ms``, ``samples_ms``, ``size_bytes``,
 ``accuracy``, ``offload_fraction``).  So a new benchmark shows up in the report without
 touching this file, and a changed one cannot silently drop out.
 
-Usage: python bench/report.py [--results DIR] [--out DIR]
+Usage: python -m bench.report [--results DIR] [--out DIR]
 """
 
 from __future__ import annotations

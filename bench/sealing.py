@@ -8,29 +8,27 @@ check the manifest signature, unwrap the key, decrypt into memory while checking
 plaintext SHA-256 (``SealedModel.decrypt``), ``InferenceSession(bytes)``.
 Also measures single-thread decryption throughput.  Goals: ratio <= 1.15, >= 1 GB/s.
 The plaintext model file is written to a private temp folder that is removed afterwards
-(it stands for the user's own source file).  Usage: python bench/sealing.py [--quick]
+(it stands for the user's own source file).  Usage: python -m bench.sealing [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench._common import write_result  # noqa: E402
-from bentos import aead  # noqa: E402
-from bentos.convert import private_workdir  # noqa: E402
-from bentos.keystore import LocalKeys  # noqa: E402
-from bentos.manifest import Signature, TensorSpec  # noqa: E402
-from bentos.recipients import KekRecipient, Keyring, WrapContext  # noqa: E402
-from bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
+from bentoedge.bentos import aead  # noqa: E402
+from bentoedge.bentos.convert import private_workdir  # noqa: E402
+from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
+from bentoedge.bentos.manifest import Signature, TensorSpec  # noqa: E402
+from bentoedge.bentos.recipients import KekRecipient, Keyring, WrapContext  # noqa: E402
+from bentoedge.bentos.sealed import Plain, SealedModel, SealRequest, seal  # noqa: E402
 
 
 def make_model(mb: int) -> bytes:

@@ -4,24 +4,22 @@ For the digits classifier (trained in seconds, see examples.digits) it converts 
 fp16, dynamic and int8 TFLite and measures size and validation accuracy; for a
 MobileNetV2 (random weights, 224x224x3 unless --quick) it measures sizes only (random
 weights have no accuracy).  Goals: int8 >= 3.5x smaller than fp32; digits accuracy drop
-<= 1 point.  Usage: python bench/size_accuracy.py [--quick]
+<= 1 point.  Usage: python -m bench.size_accuracy [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench._common import write_result  # noqa: E402
-from bentos import convert  # noqa: E402
+from bentoedge.bentos import convert  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -46,7 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 96x96 MobileNetV2 (< 60 s)")
     args = ap.parse_args()
-    from examples.digits import make_example, make_mobilenet
+    from bentoedge.examples.digits import make_example, make_mobilenet
 
     with convert.private_workdir("bentoedge-bench-") as work:
         ex = make_example(work / "digits")

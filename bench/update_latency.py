@@ -8,7 +8,7 @@ samples, swap, commit), and the cost of a poll that finds nothing new: requests,
 and which paths it touched.  Goal: median publish-to-serving under 2 s; a no-update poll
 of one small GET of timestamp metadata (plus ngclient's probe for a newer root).
 
-    python bench/update_latency.py [--quick]   ->  bench/results/update_latency.json
+    python -m bench.update_latency [--quick]   ->  bench/results/update_latency.json
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from sync_support import RangeHandler, make_device, seal_tiny, serve_folder, signer_pub  # noqa: E402
-
-from cloud.channel import Channel  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
+from bentoedge.cloud.channel import Channel  # noqa: E402
+from bentoedge.edge.sync import SyncAgent  # noqa: E402
+from tests.sync_support import RangeHandler, make_device, seal_tiny, serve_folder, signer_pub  # noqa: E402
 
 
 def big_tflite(units: int = 1000, inputs: int = 4, hidden: int = 1024) -> bytes:

@@ -17,22 +17,22 @@ from typing import Any
 
 import click
 
-from bentos.errors import BentoEdgeError
+from bentoedge.bentos.errors import BentoEdgeError
 
 # verb -> (module, attribute, one-line help shown in `bentoedge --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "keys": ("bentos.cli", "keys", "Create and show the local signing key and KEK."),
-    "build": ("bentos.cli", "build", "Convert, quantize, gate, encrypt and sign a model."),
-    "inspect": ("bentos.cli", "inspect", "Show a sealed model's manifest and quality report (no key needed)."),
-    "verify": ("bentos.cli", "verify", "Check a sealed model's signature and hashes; exit 1 if bad."),
-    "export": ("bentos.cli", "export", "Write a sealed model to one file."),
-    "import": ("bentos.cli", "import_", "Read a sealed model from a file into the store."),
-    "list": ("bentos.cli", "list_", "List the sealed models in the store."),
-    "serve": ("cloud.cli", "serve", "Serve a sealed model with `bentoml serve`."),
-    "deploy": ("cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
-    "channel": ("cloud.channel.cli", "channel", "Create and manage a signed update channel (TUF)."),
-    "publish": ("cloud.channel.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
-    "agent": ("edge.cli", "agent", "The on-device agent: init, run, sync, status."),
+    "keys": ("bentoedge.bentos.cli", "keys", "Create and show the local signing key and KEK."),
+    "build": ("bentoedge.bentos.cli", "build", "Convert, quantize, gate, encrypt and sign a model."),
+    "inspect": ("bentoedge.bentos.cli", "inspect", "Show a sealed model's manifest and quality report (no key needed)."),
+    "verify": ("bentoedge.bentos.cli", "verify", "Check a sealed model's signature and hashes; exit 1 if bad."),
+    "export": ("bentoedge.bentos.cli", "export", "Write a sealed model to one file."),
+    "import": ("bentoedge.bentos.cli", "import_", "Read a sealed model from a file into the store."),
+    "list": ("bentoedge.bentos.cli", "list_", "List the sealed models in the store."),
+    "serve": ("bentoedge.cloud.cli", "serve", "Serve a sealed model with `bentoml serve`."),
+    "deploy": ("bentoedge.cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
+    "channel": ("bentoedge.cloud.channel.cli", "channel", "Create and manage a signed update channel (TUF)."),
+    "publish": ("bentoedge.cloud.channel.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
+    "agent": ("bentoedge.edge.cli", "agent", "The on-device agent: init, run, sync, status."),
     "demo": ("bentoedge.demo", "demo", "Run the whole story on embedded defaults."),
 }
 
@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         except ImportError as exc:
             missing = exc.name or str(exc)
-            extra = {"bentos.cli": "build", "cloud.cli": "cloud", "cloud.channel.cli": "cloud", "edge.cli": "edge"}.get(module, "all")
+            extra = {"bentoedge.bentos.cli": "build", "bentoedge.cloud.cli": "cloud", "bentoedge.cloud.channel.cli": "cloud", "bentoedge.edge.cli": "edge"}.get(module, "all")
             click.secho(f"error: 'bentoedge {cmd_name}' needs {missing}, which is not installed: "
                         f"pip install 'bentoedge[{extra}]'", fg="red", err=True)
             ctx.exit(2)

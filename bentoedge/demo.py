@@ -36,8 +36,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bentos.keystore import default_home
-from cloud.serve import stop_server
+from bentoedge.bentos.keystore import default_home
+from bentoedge.cloud.serve import stop_server
 
 MODEL = "demo-digits"
 
@@ -160,7 +160,7 @@ def predict(port: int, x: np.ndarray, timeout: float = 10.0) -> Reply:
 
 # ---- the story ---------------------------------------------------------------------------------
 def run_demo(work: Path, console: Console, keep: bool = False) -> list[Step]:
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     if work.exists():
         shutil.rmtree(work)
@@ -177,8 +177,8 @@ def run_demo(work: Path, console: Console, keep: bool = False) -> list[Step]:
 
 
 def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bottom
-    from cloud.channel.channel import state_dir_for
-    from examples.digits import make_example
+    from bentoedge.cloud.channel.channel import state_dir_for
+    from bentoedge.examples.digits import make_example
 
     with d.step("1. Keys and the example model"):
         for m in store.list():  # leftovers of an earlier run

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bentos.errors import IntegrityError
+from bentoedge.bentos.errors import IntegrityError
 
 MAGIC = b"BEsa"
 VERSION = 1

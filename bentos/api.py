@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from bentos.errors import RequestError
-from bentos.manifest import Signature, TensorSpec
+from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.manifest import Signature, TensorSpec
 
 JSON = "application/json"
 NPZ = "application/x-npz"

@@ -27,17 +27,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bentos import quality
-from bentos.datasets import load_npz, synthetic_inputs
-from bentos.errors import ConversionError, DataError, FormatError, QualityGateError, UsageError
-from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden
-from bentos.keystore import LocalKeys, parse_recipient
-from bentos.manifest import check_name, check_version
-from bentos.recipients import Recipient
-from bentos.sealed import Plain, SealedModel, SealRequest, seal
+from bentoedge.bentos import quality
+from bentoedge.bentos.datasets import load_npz, synthetic_inputs
+from bentoedge.bentos.errors import (
+    ConversionError,
+    DataError,
+    FormatError,
+    QualityGateError,
+    UsageError,
+)
+from bentoedge.bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden
+from bentoedge.bentos.keystore import LocalKeys, parse_recipient
+from bentoedge.bentos.manifest import check_name, check_version
+from bentoedge.bentos.recipients import Recipient
+from bentoedge.bentos.sealed import Plain, SealedModel, SealRequest, seal
 
 if TYPE_CHECKING:
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
 Progress = Callable[[str], None]
 #: Validation samples the gate runs when no file was given (fp32-only builds).
@@ -99,7 +105,7 @@ def _check_tag(name: str, version: str | None = None) -> None:
 
 def prepare(opts: BuildOptions, release: int, version: str, progress: Progress | None = None) -> Prepared:
     """Everything up to sealing: keys, conversion, gate, golden samples (no store, no output dir)."""
-    from bentos import convert
+    from bentoedge.bentos import convert
 
     _check_tag(opts.name, version)
     if not 0.0 <= opts.max_drop <= 1.0:
@@ -200,7 +206,7 @@ def _count(arrays: dict[str, np.ndarray]) -> int:
 
 def build(opts: BuildOptions, store: ModelStore | None = None, progress: Progress | None = None) -> SealedModel:
     """Build ``opts`` and add it to the BentoML model store; returns the opened sealed model."""
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     store = store if store is not None else ModelStore()
     _check_tag(opts.name)

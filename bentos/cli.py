@@ -19,11 +19,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bentos import quality
-from bentos.errors import NotFoundError, QualityGateError
-from bentos.keystore import LocalKeys, default_home
-from bentos.sealed import SealedModel
-from bentos.signing import SignatureInfo
+from bentoedge.bentos import quality
+from bentoedge.bentos.errors import NotFoundError, QualityGateError
+from bentoedge.bentos.keystore import LocalKeys, default_home
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.bentos.signing import SignatureInfo
 
 
 def _console(err: bool = False) -> Console:
@@ -41,14 +41,14 @@ def open_model(ref: str) -> Iterator[SealedModel]:
     if path.is_dir():
         yield SealedModel.open(path)
     elif path.is_file():
-        from bentos.store import unpacked
+        from bentoedge.bentos.store import unpacked
 
         with unpacked(path) as sealed:
             yield sealed
     elif "/" in ref or ref.endswith(".sealed"):
         raise NotFoundError(f"{ref} does not exist; give a sealed folder, an exported file or NAME[:VERSION]")
     else:
-        from bentos.store import ModelStore
+        from bentoedge.bentos.store import ModelStore
 
         yield ModelStore().get(ref)
 
@@ -97,8 +97,8 @@ def keys_init() -> None:
 @keys.command("show")
 def keys_show() -> None:
     """Print the signing key id, the KEK id and the trusted signers."""
-    from bentos.recipients import kek_id
-    from bentos.signing import key_id
+    from bentoedge.bentos.recipients import kek_id
+    from bentoedge.bentos.signing import key_id
 
     ks = _keys()
     click.echo(f"keys in {ks.dir}")
@@ -152,8 +152,8 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
       bentoedge build digits.keras --name digits --calibration cal.npz --validation val.npz \\
           --edge int8 --cloud fp32 --recipient kek
     """
-    from bentos.build import BuildOptions
-    from bentos.build import build as run_build
+    from bentoedge.bentos.build import BuildOptions
+    from bentoedge.bentos.build import build as run_build
 
     opts = BuildOptions(
         source=source, name=name, home=default_home(), version=version, calibration=calibration,
@@ -241,7 +241,7 @@ def verify(model: str) -> None:
               help="File to write (one tar of the sealed folder).")
 def export(model: str, output: Path) -> None:
     """Write MODEL (NAME:VERSION in the store) to one file that `bentoedge import` reads."""
-    from bentos.store import export_file
+    from bentoedge.bentos.store import export_file
 
     with open_model(model) as sealed:
         export_file(sealed, output)
@@ -252,8 +252,8 @@ def export(model: str, output: Path) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def import_(file: Path) -> None:
     """Verify FILE (made by `bentoedge export`) and add it to the store; nothing is kept on failure."""
-    from bentos.errors import NotFoundError
-    from bentos.store import ModelStore
+    from bentoedge.bentos.errors import NotFoundError
+    from bentoedge.bentos.store import ModelStore
 
     if not file.is_file():
         raise NotFoundError(f"{file} does not exist; give a file made by 'bentoedge export'")
@@ -269,7 +269,7 @@ def import_(file: Path) -> None:
 @click.command("list")
 def list_() -> None:
     """List the sealed models in the BentoML store ($BENTOML_HOME)."""
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     table = Table(title="Sealed models", title_justify="left")
     for col in ("model", "release", "created", "artifacts", "quality"):

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from bentos.errors import ConversionError, SourceError
-from bentos.manifest import DTYPES, Signature, TensorSpec
+from bentoedge.bentos.errors import ConversionError, SourceError
+from bentoedge.bentos.manifest import DTYPES, Signature, TensorSpec
 
 EDGE_PRECISIONS = ("int8", "fp16", "dynamic", "fp32")
 CLOUD_PRECISIONS = ("fp32", "fp16", "int8")

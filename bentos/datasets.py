@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bentos.errors import DataError
-from bentos.manifest import Signature
+from bentoedge.bentos.errors import DataError
+from bentoedge.bentos.manifest import Signature
 
 LABELS = "labels"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bentos.errors import FormatError
+from bentoedge.bentos.errors import FormatError
 
 #: Default tolerances per precision: absolute error allowed on any output element.
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 2e-3, "dynamic": 1e-2, "int8": 3e-2}

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from bentos.errors import HealthCheckError
-from bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
-from bentos.manifest import Artifact, Manifest
-from bentos.recipients import Keyring
-from bentos.sealed import SealedModel
+from bentoedge.bentos.errors import HealthCheckError
+from bentoedge.bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
+from bentoedge.bentos.manifest import Artifact, Manifest
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
 
 Predict = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 

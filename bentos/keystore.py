@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bentos.errors import KeyMissingError
-from bentos.recipients import (
+from bentoedge.bentos.errors import KeyMissingError
+from bentoedge.bentos.recipients import (
     KekRecipient,
     KmsRecipient,
     Recipient,
@@ -29,7 +29,7 @@ from bentos.recipients import (
     kek_id,
     load_x25519_public,
 )
-from bentos.signing import key_id, raw_public
+from bentoedge.bentos.signing import key_id, raw_public
 
 
 def default_home(env: Mapping[str, str] = os.environ) -> Path:

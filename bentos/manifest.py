@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bentos.errors import FormatError
+from bentoedge.bentos.errors import FormatError
 
 FORMAT_ID = "bentoedge.sealed/1"
 TARGETS = ("edge", "cloud")

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bentos.errors import DecryptionError, KeyMissingError
-from bentos.manifest import canonical_json
+from bentoedge.bentos.errors import DecryptionError, KeyMissingError
+from bentoedge.bentos.manifest import canonical_json
 
 KEYS_FORMAT = "bentoedge.keys/1"
 _HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)

@@ -27,10 +27,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bentos import aead
-from bentos.errors import FormatError, IntegrityError
-from bentos.keystore import fsync_dir
-from bentos.manifest import (
+from bentoedge.bentos import aead
+from bentoedge.bentos.errors import FormatError, IntegrityError
+from bentoedge.bentos.keystore import fsync_dir
+from bentoedge.bentos.manifest import (
     ENCRYPTION_SCHEME,
     Artifact,
     Manifest,
@@ -38,7 +38,7 @@ from bentos.manifest import (
     check_name,
     check_version,
 )
-from bentos.recipients import (
+from bentoedge.bentos.recipients import (
     Keyring,
     Recipient,
     WrapContext,
@@ -46,7 +46,7 @@ from bentos.recipients import (
     parse_keys_document,
     wrap_for,
 )
-from bentos.signing import SignatureInfo, sign, verify_signature
+from bentoedge.bentos.signing import SignatureInfo, sign, verify_signature
 
 MANIFEST, SIGNATURE, KEYS, ARTIFACTS = "manifest.json", "manifest.sig", "keys.json", "artifacts"
 SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx", None: ".npz"}

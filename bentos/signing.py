@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bentos.errors import SignatureError
-from bentos.manifest import canonical_json
+from bentoedge.bentos.errors import SignatureError
+from bentoedge.bentos.manifest import canonical_json
 
 ALG = "ed25519"
 

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bentos.errors import FormatError, IntegrityError, NotFoundError, SourceError
-from bentos.manifest import FORMAT_ID, Manifest
-from bentos.sealed import SealedModel
+from bentoedge.bentos.errors import FormatError, IntegrityError, NotFoundError, SourceError
+from bentoedge.bentos.manifest import FORMAT_ID, Manifest
+from bentoedge.bentos.sealed import SealedModel
 
 SEALED_DIR = "sealed"
 EXPORT_SUFFIX = ".sealed"

@@ -22,13 +22,13 @@ from typing import Any
 
 import click
 
-from bentos.errors import HealthCheckError
-from bentos.keystore import LocalKeys, default_home
-from bentos.sealed import SealedModel
+from bentoedge.bentos.errors import HealthCheckError
+from bentoedge.bentos.keystore import LocalKeys, default_home
+from bentoedge.bentos.sealed import SealedModel
 
 
 def _sealed(tag: str) -> SealedModel:
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     return ModelStore().get(tag)  # NotFoundError (exit 2) names what the store has
 
@@ -39,7 +39,7 @@ def _sealed(tag: str) -> SealedModel:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
 def serve(model: str, port: int, host: str) -> None:
     """Serve sealed model MODEL (NAME[:VERSION]) with `bentoml serve` until stopped."""
-    from cloud.serve import REFUSAL, serve_command, server_env
+    from bentoedge.cloud.serve import REFUSAL, serve_command, server_env
 
     sealed = _sealed(model)
     tag = sealed.manifest.tag
@@ -102,8 +102,8 @@ def _container_env(sealed: SealedModel) -> dict[str, str]:
 def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max_concurrency: int,
               region: str | None, endpoint_url: str | None) -> None:
     """Create or update SageMaker Serverless endpoint ENDPOINT to serve MODEL (NAME:VERSION)."""
-    from cloud.deploy.aws import Clients, deploy_sagemaker
-    from cloud.deploy.plan import SageMakerDesired
+    from bentoedge.cloud.deploy.aws import Clients, deploy_sagemaker
+    from bentoedge.cloud.deploy.plan import SageMakerDesired
 
     sealed = _sealed(model)
     m = sealed.manifest
@@ -124,8 +124,8 @@ def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max
 def lambda_(model: str, function: str, image: str, role: str, memory: int, timeout_s: int,
             region: str | None, endpoint_url: str | None) -> None:
     """Create or update Lambda container function FUNCTION to serve MODEL (NAME:VERSION)."""
-    from cloud.deploy.aws import Clients, deploy_lambda
-    from cloud.deploy.plan import LambdaDesired
+    from bentoedge.cloud.deploy.aws import Clients, deploy_lambda
+    from bentoedge.cloud.deploy.plan import LambdaDesired
 
     sealed = _sealed(model)
     m = sealed.manifest
@@ -142,7 +142,7 @@ def lambda_(model: str, function: str, image: str, role: str, memory: int, timeo
 @_aws_options
 def delete(platform: str, name: str, region: str | None, endpoint_url: str | None) -> None:
     """Delete SageMaker endpoint NAME (with its configs and models) or Lambda function NAME."""
-    from cloud.deploy.aws import Clients, delete_lambda, delete_sagemaker
+    from bentoedge.cloud.deploy.aws import Clients, delete_lambda, delete_sagemaker
 
     clients = Clients(endpoint_url, region)
     result = (delete_sagemaker if platform == "sagemaker" else delete_lambda)(name, clients, say=click.echo)

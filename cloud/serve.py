@@ -20,10 +20,10 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from bentos.errors import HealthCheckError
+from bentoedge.bentos.errors import HealthCheckError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE = "cloud.service:SealedService"
+SERVICE = "bentoedge.cloud.service:SealedService"
 REFUSAL = "bentoedge: refusing to serve"  # the line cloud.service logs when it will not start
 
 

@@ -33,13 +33,13 @@ import bentoml
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bentos.api import validate_inputs
-from bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
-from bentos.sealed import SealedModel
-from bentos.store import ModelStore, sealed_path_of, split_tag
-from cloud.service_core import CloudSettings, batchable
-from cloud.service_http import OPENAPI_PATHS, find_batcher, logger, make_app
-from cloud.service_model import Loaded, open_cloud_model
+from bentoedge.bentos.api import validate_inputs
+from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.bentos.store import ModelStore, sealed_path_of, split_tag
+from bentoedge.cloud.service_core import CloudSettings, batchable
+from bentoedge.cloud.service_http import OPENAPI_PATHS, find_batcher, logger, make_app
+from bentoedge.cloud.service_model import Loaded, open_cloud_model
 
 SETTINGS = CloudSettings.from_env()
 

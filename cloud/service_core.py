@@ -28,10 +28,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bentos.api import DEFAULT_MAX_PAYLOAD
-from bentos.errors import ConfigError, HealthCheckError, KeyMissingError
-from bentos.manifest import Artifact, Manifest
-from bentos.signing import key_id
+from bentoedge.bentos.api import DEFAULT_MAX_PAYLOAD
+from bentoedge.bentos.errors import ConfigError, HealthCheckError, KeyMissingError
+from bentoedge.bentos.manifest import Artifact, Manifest
+from bentoedge.bentos.signing import key_id
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"

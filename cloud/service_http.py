@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bentos.api import (
+from bentoedge.bentos.api import (
     HEADER_MODEL,
     HEADER_SERVED_BY,
     HEADER_VERSION,
@@ -44,8 +44,8 @@ from bentos.api import (
     parse_request,
     response_json,
 )
-from bentos.errors import RequestError, UnavailableError
-from bentos.manifest import Signature
+from bentoedge.bentos.errors import RequestError, UnavailableError
+from bentoedge.bentos.manifest import Signature
 
 logger = logging.getLogger("bentoml.bentoedge")  # under "bentoml" so `bentoml serve` shows it
 SERVER_KEY = "bentoedge.server"

@@ -26,13 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from bentos import aead, health
-from bentos.errors import HealthCheckError, KeyMissingError
-from bentos.keystore import LocalKeys, default_home
-from bentos.manifest import Artifact, Manifest
-from bentos.recipients import Keyring
-from bentos.sealed import SealedModel
-from cloud.service_core import CloudSettings, Placement, choose_placement, trusted_from_hex
+from bentoedge.bentos import aead, health
+from bentoedge.bentos.errors import HealthCheckError, KeyMissingError
+from bentoedge.bentos.keystore import LocalKeys, default_home
+from bentoedge.bentos.manifest import Artifact, Manifest
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.cloud.service_core import (
+    CloudSettings,
+    Placement,
+    choose_placement,
+    trusted_from_hex,
+)
 
 
 def trusted_signers(settings: CloudSettings, env: Mapping[str, str] = os.environ) -> dict[str, bytes]:

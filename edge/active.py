@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from bentos.manifest import Artifact, Manifest, Signature
+from bentoedge.bentos.manifest import Artifact, Manifest, Signature
 
 
 class ServingModel(Protocol):

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata
 
-from bentos.errors import ChannelError, ConfigError, KeyMissingError
-from bentos.keystore import default_home, load_ed25519_public, write_private
-from edge import config as agent_config
-from edge.active import ActiveModel
-from edge.fetchers import fetcher_for
-from edge.state import DeviceState
+from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError
+from bentoedge.bentos.keystore import default_home, load_ed25519_public, write_private
+from bentoedge.edge import config as agent_config
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.fetchers import fetcher_for
+from bentoedge.edge.state import DeviceState
 
 MAX_ROOTS = 256
 
@@ -118,7 +118,7 @@ def sync(config_path: Path | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from edge.sync import SyncAgent
+    from bentoedge.edge.sync import SyncAgent
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
@@ -171,7 +171,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
 @click.option("--port", type=int, default=None, help="Override the local API port.")
 def run(config_path: Path | None, port: int | None) -> None:
     """Run the sync loop and the local prediction API until SIGTERM or Ctrl-C."""
-    from edge.sync import SyncAgent
+    from bentoedge.edge.sync import SyncAgent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = agent_config.with_overrides(_load(config_path), port=port)
@@ -201,7 +201,7 @@ def run(config_path: Path | None, port: int | None) -> None:
 
 
 def _server(cfg: agent_config.AgentConfig, active: ActiveModel, status_provider: Any) -> Any:
-    from edge.server import AgentServer
+    from bentoedge.edge.server import AgentServer
 
     if not cfg.state_dir.exists():
         raise ConfigError(f"state folder {cfg.state_dir} is missing; run 'bentoedge agent init'")

@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from bentos.api import HEADER_MODEL, HEADER_VERSION, NPZ, decode_npz
+from bentoedge.bentos.api import HEADER_MODEL, HEADER_VERSION, NPZ, decode_npz
 
 MAX_ANSWER_BYTES = 64 << 20
 _CHUNK = 1 << 16

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bentos.errors import ConfigError
-from bentos.keystore import default_home, write_private
+from bentoedge.bentos.errors import ConfigError
+from bentoedge.bentos.keystore import default_home, write_private
 
 if sys.version_info >= (3, 11):
     import tomllib

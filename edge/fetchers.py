@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 from tuf.api import exceptions
 from tuf.ngclient.fetcher import FetcherInterface
 
-from bentos.errors import ConfigError
+from bentoedge.bentos.errors import ConfigError
 
 CHUNK = 1 << 16
 

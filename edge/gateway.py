@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bentos.api import (
+from bentoedge.bentos.api import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_MODEL,
     HEADER_REASON,
@@ -38,12 +38,12 @@ from bentos.api import (
     parse_request,
     response_json,
 )
-from bentos.errors import RequestError
-from edge.active import ActiveModel, ServingModel
-from edge.breaker import CircuitBreaker
-from edge.cloud_client import CloudAnswer, CloudClient, CloudError
-from edge.metrics import Metrics
-from edge.router import (
+from bentoedge.bentos.errors import RequestError
+from bentoedge.edge.active import ActiveModel, ServingModel
+from bentoedge.edge.breaker import CircuitBreaker
+from bentoedge.edge.cloud_client import CloudAnswer, CloudClient, CloudError
+from bentoedge.edge.metrics import Metrics
+from bentoedge.edge.router import (
     CLOUD_CIRCUIT_OPEN,
     CLOUD_NOT_CONFIGURED,
     Decision,

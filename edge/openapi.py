@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bentos.api import HEADER_MODEL, HEADER_REASON, HEADER_SERVED_BY, HEADER_VERSION, JSON, NPZ
-from bentos.manifest import Signature
+from bentoedge.bentos.api import (
+    HEADER_MODEL,
+    HEADER_REASON,
+    HEADER_SERVED_BY,
+    HEADER_VERSION,
+    JSON,
+    NPZ,
+)
+from bentoedge.bentos.manifest import Signature
 
 
 def _tensor_schema(signature: Signature | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.config import AgentConfig, Limits
+from bentoedge.edge.config import AgentConfig, Limits
 
 Route = Literal["edge", "cloud", "reject"]
 

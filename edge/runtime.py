@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from bentos import health
-from bentos.errors import ConversionError, HealthCheckError
-from bentos.manifest import Artifact, Manifest
-from bentos.recipients import Keyring
-from bentos.sealed import SealedModel
+from bentoedge.bentos import health
+from bentoedge.bentos.errors import ConversionError, HealthCheckError
+from bentoedge.bentos.manifest import Artifact, Manifest
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
 
 #: Which edge precision a device prefers when a sealed model carries several.
 PRECISION_PREFERENCE = ("int8", "dynamic", "fp16", "fp32")

@@ -26,15 +26,15 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bentos.api import DEFAULT_MAX_PAYLOAD, JSON
-from edge.active import ActiveModel
-from edge.breaker import CircuitBreaker
-from edge.cloud_client import CloudClient
-from edge.config import AgentConfig
-from edge.gateway import Gateway, MemoryProbe, Reply, json_reply
-from edge.metrics import Metrics
-from edge.openapi import document
-from edge.router import RouterPolicy
+from bentoedge.bentos.api import DEFAULT_MAX_PAYLOAD, JSON
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.breaker import CircuitBreaker
+from bentoedge.edge.cloud_client import CloudClient
+from bentoedge.edge.config import AgentConfig
+from bentoedge.edge.gateway import Gateway, MemoryProbe, Reply, json_reply
+from bentoedge.edge.metrics import Metrics
+from bentoedge.edge.openapi import document
+from bentoedge.edge.router import RouterPolicy
 
 log = logging.getLogger("bentoedge.agent")
 

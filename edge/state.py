@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bentos.errors import UsageError
-from bentos.keystore import fsync_dir, write_private
-from bentos.manifest import canonical_json
+from bentoedge.bentos.errors import UsageError
+from bentoedge.bentos.keystore import fsync_dir, write_private
+from bentoedge.bentos.manifest import canonical_json
 
 KEEP = 2  # the active version and one previous good one, for rollback
 

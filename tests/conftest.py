@@ -32,8 +32,6 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the repository's packages, when bentoedge is not pip-installed
-    sys.path.insert(0, str(ROOT))
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="bentoedge-tests-"))
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -59,7 +57,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def keys_home() -> Path:
-    from bentos.keystore import LocalKeys
+    from bentoedge.bentos.keystore import LocalKeys
 
     home = Path(os.environ["BENTOEDGE_HOME"])
     LocalKeys(home).init()
@@ -68,13 +66,13 @@ def keys_home() -> Path:
 
 @pytest.fixture(scope="session")
 def digits_example(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from examples.digits import make_example
+    from bentoedge.examples.digits import make_example
 
     return make_example(tmp_path_factory.mktemp("digits-example"))
 
 
 def _digits_options(example: dict[str, Path], home: Path, **kw: Any) -> Any:
-    from bentos.build import BuildOptions
+    from bentoedge.bentos.build import BuildOptions
 
     return BuildOptions(source=example["model"], name=kw.pop("name", "digits"), home=home,
                         calibration=example["calibration"], validation=example["validation"],
@@ -84,7 +82,7 @@ def _digits_options(example: dict[str, Path], home: Path, **kw: Any) -> Any:
 @pytest.fixture(scope="session")
 def sealed_digits(digits_example: dict[str, Path], keys_home: Path,
                   tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from bentos.build import build_to_dir
+    from bentoedge.bentos.build import build_to_dir
 
     out = tmp_path_factory.mktemp("sealed-digits") / "digits-v1"
     return build_to_dir(_digits_options(digits_example, keys_home, version="v1"), out, release=1)
@@ -92,7 +90,7 @@ def sealed_digits(digits_example: dict[str, Path], keys_home: Path,
 
 @pytest.fixture(scope="session")
 def sealed_digits_store(digits_example: dict[str, Path], keys_home: Path) -> Any:
-    from bentos.build import build
+    from bentoedge.bentos.build import build
 
     return build(_digits_options(digits_example, keys_home, name="digits-store"))
 

@@ -24,15 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bentos.golden import Golden
-from bentos.keystore import LocalKeys
-from bentos.manifest import Signature, TensorSpec
-from bentos.recipients import KekRecipient
-from bentos.sealed import Plain, SealedModel, SealRequest, seal
-from bentos.signing import raw_public
-from edge.active import ActiveModel
-from edge.config import AgentConfig
-from edge.runtime import interpreter_class
+from bentoedge.bentos.golden import Golden
+from bentoedge.bentos.keystore import LocalKeys
+from bentoedge.bentos.manifest import Signature, TensorSpec
+from bentoedge.bentos.recipients import KekRecipient
+from bentoedge.bentos.sealed import Plain, SealedModel, SealRequest, seal
+from bentoedge.bentos.signing import raw_public
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.config import AgentConfig
+from bentoedge.edge.runtime import interpreter_class
 
 TINY = Path(__file__).parent / "data" / "sync_tiny_fp32.tflite"
 SIG = Signature((TensorSpec("x", "float32", (None, 4)),), (TensorSpec("y", "float32", (None, 3)),))

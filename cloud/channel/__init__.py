@@ -5,6 +5,6 @@ and S3, ``channel.Channel`` the shell that ties them to the publisher's keys, an
 the ``bentoedge channel`` / ``bentoedge publish`` verbs.
 """
 
-from cloud.channel.channel import Channel
+from bentoedge.cloud.channel.channel import Channel
 
 __all__ = ["Channel"]

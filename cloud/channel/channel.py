@@ -36,13 +36,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
-from bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
-from bentos.keystore import LocalKeys, default_home, write_private
-from bentos.manifest import canonical_json
-from bentos.recipients import Keyring, X25519Recipient, keys_document, load_x25519_public, x25519_id
-from bentos.sealed import KEYS, MANIFEST, SIGNATURE, SealedModel
-from cloud.channel import repo
-from cloud.channel.storage import Storage, open_storage
+from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
+from bentoedge.bentos.keystore import LocalKeys, default_home, write_private
+from bentoedge.bentos.manifest import canonical_json
+from bentoedge.bentos.recipients import (
+    Keyring,
+    X25519Recipient,
+    keys_document,
+    load_x25519_public,
+    x25519_id,
+)
+from bentoedge.bentos.sealed import KEYS, MANIFEST, SIGNATURE, SealedModel
+from bentoedge.cloud.channel import repo
+from bentoedge.cloud.channel.storage import Storage, open_storage
 
 #: Called once per uploaded file with (target path, size); returns a per-chunk byte callback.
 UploadProgress = Callable[[str, int], Callable[[int], None]]

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from bentos.errors import UsageError
-from bentos.keystore import default_home
-from cloud.channel.channel import Channel
+from bentoedge.bentos.errors import UsageError
+from bentoedge.bentos.keystore import default_home
+from bentoedge.cloud.channel.channel import Channel
 
 console = Console(stderr=True)
 
@@ -133,7 +133,7 @@ def pin(tag: str, url: str) -> None:
 @click.option("--pin", "pinned", is_flag=True, help="Pin devices to this version.")
 def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], min_agent: str, pinned: bool) -> None:
     """Publish a sealed model's edge artifacts to a channel (keys wrapped per enrolled device)."""
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     sealed = ModelStore().get(tag)
     ch = Channel.open(url)

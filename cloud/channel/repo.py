@@ -36,7 +36,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from bentos.errors import NotFoundError, UsageError
+from bentoedge.bentos.errors import NotFoundError, UsageError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE = ("targets", "snapshot", "timestamp")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from bentos.errors import ConfigError
-from bentos.keystore import fsync_dir
+from bentoedge.bentos.errors import ConfigError
+from bentoedge.bentos.keystore import fsync_dir
 
 Progress = Callable[[int], None]
 

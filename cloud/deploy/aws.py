@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bentos.errors import DeployError
-from cloud.deploy.plan import (
+from bentoedge.bentos.errors import DeployError
+from bentoedge.cloud.deploy.plan import (
     LambdaCurrent,
     LambdaDesired,
     SageMakerCurrent,

@@ -38,7 +38,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from bentos.errors import (
+from bentoedge.bentos.errors import (
     ChannelError,
     ConfigError,
     FormatError,
@@ -47,15 +47,15 @@ from bentos.errors import (
     KeyMissingError,
     SignatureError,
 )
-from bentos.recipients import Keyring
-from bentos.sealed import SealedModel
-from bentos.signing import key_id
-from edge.active import ActiveModel, ServingModel
-from edge.config import AgentConfig
-from edge.fetchers import CountingFetcher, fetcher_for
-from edge.state import DeviceState, Pointer
-from edge.sync import machine, select
-from edge.sync.machine import Outcome, Result, Stage
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.bentos.signing import key_id
+from bentoedge.edge.active import ActiveModel, ServingModel
+from bentoedge.edge.config import AgentConfig
+from bentoedge.edge.fetchers import CountingFetcher, fetcher_for
+from bentoedge.edge.state import DeviceState, Pointer
+from bentoedge.edge.sync import machine, select
+from bentoedge.edge.sync.machine import Outcome, Result, Stage
 
 log = logging.getLogger("bentoedge.sync")
 
@@ -69,7 +69,7 @@ _FILE = re.compile(r"^(manifest\.json|manifest\.sig|keys\.json|artifacts/[A-Za-z
 
 def load_and_check(sealed: SealedModel, keyring: Keyring, config: AgentConfig) -> ServingModel:
     """Decrypt the edge artifact in memory, build interpreters, pass the golden samples."""
-    from edge.runtime import health_check, load_edge_model
+    from bentoedge.edge.runtime import health_check, load_edge_model
 
     model = load_edge_model(sealed, keyring, threads=config.threads or None, workers=config.workers)
     health_check(model, sealed, keyring)

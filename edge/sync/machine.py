@@ -18,7 +18,7 @@ from enum import Enum
 
 from tuf.api import exceptions as tuf_exc
 
-from bentos.errors import (
+from bentoedge.bentos.errors import (
     BentoEdgeError,
     ChannelError,
     ConfigError,

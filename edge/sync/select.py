@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bentos.errors import FormatError
+from bentoedge.bentos.errors import FormatError
 
 CUSTOM = "bentoedge"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")

@@ -7,7 +7,7 @@ import hashlib
 import io
 import os
 
-from bentos import aead
+from bentoedge.bentos import aead
 
 
 def test_decrypt_returns_independent_bytes_equal_to_the_plaintext() -> None:

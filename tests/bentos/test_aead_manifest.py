@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bentos import aead
-from bentos.errors import FormatError, IntegrityError
-from bentos.manifest import Artifact, Manifest, Signature, TensorSpec, canonical_json
+from bentoedge.bentos import aead
+from bentoedge.bentos.errors import FormatError, IntegrityError
+from bentoedge.bentos.manifest import Artifact, Manifest, Signature, TensorSpec, canonical_json
 
 KEY = bytes(range(32))
 SEGMENTS = st.sampled_from([64, 128, 256, 1024])

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bentos import api
-from bentos.errors import RequestError
-from bentos.manifest import Signature, TensorSpec
+from bentoedge.bentos import api
+from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.manifest import Signature, TensorSpec
 
 SIG = Signature(
     inputs=(TensorSpec("x", "float32", (None, 4)), TensorSpec("ids", "int32", (None, 2))),

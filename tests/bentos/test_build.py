@@ -14,26 +14,26 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bentos.build import BuildOptions, build_to_dir
-from bentos.recipients import Keyring
+from bentoedge.bentos.build import BuildOptions, build_to_dir
+from bentoedge.bentos.recipients import Keyring
 
 pytestmark = pytest.mark.slow
 
 
 def keyring(home: Path) -> Keyring:
-    from bentos.keystore import LocalKeys
+    from bentoedge.bentos.keystore import LocalKeys
 
     return Keyring().add_kek(LocalKeys(home).kek())
 
 
 def run_tflite(data: bytes | bytearray, sig: Any, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from bentos.convert import tflite_runner
+    from bentoedge.bentos.convert import tflite_runner
 
     return tflite_runner(bytes(data), sig)(x)
 
 
 def run_onnx(data: bytes | bytearray, sig: Any, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from bentos.convert import onnx_runner
+    from bentoedge.bentos.convert import onnx_runner
 
     return onnx_runner(bytes(data), sig)(x)
 
@@ -50,7 +50,7 @@ def test_sealed_digits_round_trip(sealed_digits: Any, keys_home: Path, digits_ex
     assert [t.name for t in m.signature.inputs] == ["x"] and m.signature.inputs[0].shape == (None, 64)
     assert m.golden and m.golden["edge"] == "golden-edge" and "edge-int8" in m.golden["tolerances"]
     assert all(r["passed"] for r in m.quality)
-    sealed_digits.verify(__import__("bentos.keystore", fromlist=["LocalKeys"]).LocalKeys(keys_home).trusted_signers())
+    sealed_digits.verify(__import__("bentoedge.bentos.keystore", fromlist=["LocalKeys"]).LocalKeys(keys_home).trusted_signers())
     val = np.load(digits_example["validation"])
     x = {"x": val["x"][:50]}
     ring = keyring(keys_home)
@@ -58,7 +58,7 @@ def test_sealed_digits_round_trip(sealed_digits: Any, keys_home: Path, digits_ex
     cloud = run_onnx(sealed_digits.decrypt("cloud-fp32", ring), m.signature, x)["probs"]
     assert edge.shape == cloud.shape == (50, 10)
     assert np.mean(edge.argmax(1) == cloud.argmax(1)) >= 0.95
-    from bentos.golden import Golden, compare
+    from bentoedge.bentos.golden import Golden, compare
 
     golden = Golden.from_bytes(sealed_digits.decrypt("golden-edge", ring))
     assert "cloud-fp32" not in golden.expected  # a device never sees the cloud model's outputs
@@ -74,7 +74,7 @@ def test_sealed_digits_round_trip(sealed_digits: Any, keys_home: Path, digits_ex
 
 @pytest.fixture(scope="module")
 def multi_io(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from examples.digits import make_multi_io, multi_io_data
+    from bentoedge.examples.digits import make_multi_io, multi_io_data
 
     d = tmp_path_factory.mktemp("multi")
     model = make_multi_io(d / "multi.keras")
@@ -106,7 +106,7 @@ def test_multi_io_every_precision(multi_io: dict[str, Path], keys_home: Path, tm
 def test_savedmodel_onnx_and_tflite_sources(digits_example: dict[str, Path], keys_home: Path, tmp_path: Path) -> None:
     import keras
 
-    from bentos import convert
+    from bentoedge.bentos import convert
 
     model = keras.models.load_model(digits_example["model"], compile=False)
     src = convert.open_source(digits_example["model"])
@@ -136,7 +136,13 @@ def test_savedmodel_onnx_and_tflite_sources(digits_example: dict[str, Path], key
 
 
 def test_conversion_errors_name_the_fix(digits_example: dict[str, Path], keys_home: Path, tmp_path: Path) -> None:
-    from bentos.errors import ConversionError, DataError, KeyMissingError, SourceError, UsageError
+    from bentoedge.bentos.errors import (
+        ConversionError,
+        DataError,
+        KeyMissingError,
+        SourceError,
+        UsageError,
+    )
 
     base = dict(source=digits_example["model"], name="digits", home=keys_home)
     bad_model = tmp_path / "bad.keras"
@@ -164,7 +170,7 @@ def test_conversion_errors_name_the_fix(digits_example: dict[str, Path], keys_ho
         assert text in str(info.value) and "\n" not in str(info.value), (kw, str(info.value))
         assert not (tmp_path / f"o{i}").exists()
     onnx_src = tmp_path / "ok.onnx"
-    from bentos import convert
+    from bentoedge.bentos import convert
 
     with convert.private_workdir() as work:
         onnx_src.write_bytes(convert.onnx_fp32(convert.open_source(digits_example["model"]), work))
@@ -182,7 +188,7 @@ def test_cli_cycle_and_tamper(digits_example: dict[str, Path], keys_home: Path, 
     assert r.exit_code == 0, r.output
     assert "accuracy" in r.output and "sealed clidigits:v1" in r.output
     assert cli("build", *args[1:]).exit_code == 0  # second build: release 2, version v2
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     store = ModelStore()
     assert store.get("clidigits").manifest.version == "v2" and store.next_release("clidigits") == 3
@@ -236,7 +242,7 @@ def test_cli_cycle_and_tamper(digits_example: dict[str, Path], keys_home: Path, 
 
 def test_quality_gate_fails_with_table_and_stores_nothing(digits_example: dict[str, Path], keys_home: Path,
                                                           tmp_path: Path) -> None:
-    from bentos.store import ModelStore
+    from bentoedge.bentos.store import ModelStore
 
     # Off-distribution inputs without labels: near-ties make int8 disagree with fp32 somewhere,
     # and with --max-drop 0 a single disagreement is over budget.
@@ -259,7 +265,7 @@ def test_kms_recipient_against_moto(aws_env: str, sealed_digits: Any, digits_exa
                                     keys_home: Path, tmp_path: Path) -> None:
     import boto3
 
-    from bentos.errors import DecryptionError
+    from bentoedge.bentos.errors import DecryptionError
 
     arn = boto3.client("kms").create_key(Description="bentoedge test")["KeyMetadata"]["Arn"]
     opts = BuildOptions(digits_example["model"], "kmsdigits", keys_home, validation=digits_example["validation"],

@@ -20,9 +20,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"blocked for this test: {{name}}")
         return None
 sys.meta_path.insert(0, Block())
-import edge
-mods = ["edge." + m.name for m in pkgutil.walk_packages(edge.__path__) ]
-mods += ["bentos." + m for m in {PURE_BENTOS!r}]
+import bentoedge.edge as edge
+mods = [m.name for m in pkgutil.walk_packages(edge.__path__, "bentoedge.edge.")]
+mods += ["bentoedge.bentos." + m for m in {PURE_BENTOS!r}]
 for m in mods:
     importlib.import_module(m)
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
@@ -38,6 +38,16 @@ def test_edge_and_pure_bentos_import_without_heavy_packages() -> None:
 
 
 def test_the_blocker_really_blocks() -> None:
-    script = SCRIPT.replace("import edge\n", "import bentoml\nimport edge\n")
+    script = SCRIPT.replace("import bentoedge.edge as edge\n", "import bentoml\nimport bentoedge.edge as edge\n")
     res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "blocked for this test: bentoml" in res.stderr
+
+
+def test_nothing_imports_the_folders_by_their_top_level_names() -> None:
+    """The folders install as ``bentoedge.*`` only: a ``from edge...`` would pass here and fail installed."""
+    import re
+
+    pattern = re.compile(r"^\s*(from|import) (bentos|edge|cloud|examples)\b", re.MULTILINE)
+    offenders = [str(p.relative_to(ROOT)) for folder in ("bentoedge", "bentos", "edge", "cloud", "examples", "tests", "bench")
+                 for p in (ROOT / folder).rglob("*.py") if pattern.search(p.read_text())]
+    assert not offenders

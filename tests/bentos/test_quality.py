@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bentos import quality
+from bentoedge.bentos import quality
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ def tiny_sealed(tmp_path_factory: pytest.TempPathFactory) -> TinySealed:
 @pytest.fixture(scope="session")
 def tiny_server(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real `bentoml serve` of the tiny sealed model on a loopback port."""
-    from cloud.serve import start_server, stop_server, wait_ready
+    from bentoedge.cloud.serve import start_server, stop_server, wait_ready
 
     port = free_port()
     log = tmp_path_factory.mktemp("cloud-logs") / "serve.log"

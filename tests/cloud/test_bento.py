@@ -28,7 +28,7 @@ def build(bentofile: str, tag: str) -> Path:
 def test_gpu_bento_pins_the_sealed_model_and_builds_a_cuda_image(tiny_sealed: TinySealed) -> None:
     bento = build("bentofile-gpu.yaml", tiny_sealed.tag)
     info = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert info["service"] == "cloud.service:SealedService"
+    assert info["service"] == "bentoedge.cloud.service:SealedService"
     assert [m["tag"] for m in info["services"][0]["models"]] == [tiny_sealed.tag]
     routes = info["schema"]["paths"]
     assert {"/predict", "/invocations", "/ping"} <= set(routes)

@@ -6,24 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sync_support import RangeHandler, make_device, seal_tiny, serve_folder, signer_pub
 from tuf.api.metadata import Metadata
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import RangeHandler, make_device, seal_tiny, serve_folder, signer_pub  # noqa: E402
-
-from bentoedge.cli import cli  # noqa: E402
-from bentos.errors import KeyMissingError, NotFoundError, UsageError  # noqa: E402
-from bentos.recipients import parse_keys_document  # noqa: E402
-from cloud.channel import Channel, repo  # noqa: E402
-from cloud.channel.storage import FolderStorage, open_storage  # noqa: E402
-from edge.fetchers import FileFetcher, HttpFetcher  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
+from bentoedge.bentos.errors import KeyMissingError, NotFoundError, UsageError
+from bentoedge.bentos.recipients import parse_keys_document
+from bentoedge.cli import cli
+from bentoedge.cloud.channel import Channel, repo
+from bentoedge.cloud.channel.storage import FolderStorage, open_storage
+from bentoedge.edge.fetchers import FileFetcher, HttpFetcher
+from bentoedge.edge.sync import SyncAgent
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from service_support import TinySealed
 
-from bentos.errors import DeployError
-from cloud.deploy.plan import (
+from bentoedge.bentos.errors import DeployError
+from bentoedge.cloud.deploy.plan import (
     LambdaCurrent,
     LambdaDesired,
     SageMakerCurrent,
@@ -170,7 +170,7 @@ def test_missing_version_role_or_image_exit_2_and_leave_nothing(aws: str, tiny_s
 
 
 def test_a_failing_step_rolls_back_what_it_created(aws: str) -> None:
-    from cloud.deploy.aws import Clients, run_steps
+    from bentoedge.cloud.deploy.aws import Clients, run_steps
 
     d = sm(endpoint="rb-ep")
     steps = plan_sagemaker(d, SageMakerCurrent())

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from service_support import TinySealed, free_port, run_onnx, seal_tiny
 
-from bentos.api import HEADER_SERVED_BY, HEADER_VERSION, NPZ, decode_npz, encode_npz
+from bentoedge.bentos.api import HEADER_SERVED_BY, HEADER_VERSION, NPZ, decode_npz, encode_npz
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +136,8 @@ def test_concurrent_requests_are_batched(tiny_server: str, tiny_sealed: TinySeal
 
 
 def test_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
-    from bentos.errors import HealthCheckError
-    from cloud.serve import start_server, stop_server, wait_ready
+    from bentoedge.bentos.errors import HealthCheckError
+    from bentoedge.cloud.serve import start_server, stop_server, wait_ready
 
     bad = seal_tiny(tmp_path / "home", name="tampered")
     enc = bad.path / "artifacts" / "cloud-fp32.onnx.enc"

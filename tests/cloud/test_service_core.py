@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bentos.errors import ConfigError, HealthCheckError, KeyMissingError
-from bentos.manifest import Artifact, Manifest, Signature, TensorSpec
-from cloud.service_core import (
+from bentoedge.bentos.errors import ConfigError, HealthCheckError, KeyMissingError
+from bentoedge.bentos.manifest import Artifact, Manifest, Signature, TensorSpec
+from bentoedge.cloud.service_core import (
     CPU,
     CUDA,
     CloudSettings,

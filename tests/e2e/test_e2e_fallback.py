@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,15 +20,11 @@ pytest.importorskip("bentoml")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-_EDGE_TESTS = str(Path(__file__).resolve().parents[1] / "edge")
-if _EDGE_TESTS not in sys.path:
-    sys.path.insert(0, _EDGE_TESTS)
+from api_support import DATA, agent_config, free_port, load_edge_model, sealed
 
-from api_support import agent_config, free_port, load_edge_model, sealed  # noqa: E402
-
-from bentos.api import HEADER_REASON, HEADER_SERVED_BY  # noqa: E402
-from edge.active import ActiveModel  # noqa: E402
-from edge.server import AgentServer  # noqa: E402
+from bentoedge.bentos.api import HEADER_REASON, HEADER_SERVED_BY
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.server import AgentServer
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -63,13 +57,13 @@ def run_onnx(model: bytes, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, object]]:
-    from bentos.golden import Golden
-    from bentos.keystore import LocalKeys
-    from bentos.manifest import Signature, TensorSpec
-    from bentos.recipients import KekRecipient
-    from bentos.sealed import Plain, SealRequest, seal
-    from bentos.store import ModelStore
-    from cloud.serve import start_server, stop_server, wait_ready
+    from bentoedge.bentos.golden import Golden
+    from bentoedge.bentos.keystore import LocalKeys
+    from bentoedge.bentos.manifest import Signature, TensorSpec
+    from bentoedge.bentos.recipients import KekRecipient
+    from bentoedge.bentos.sealed import Plain, SealRequest, seal
+    from bentoedge.bentos.store import ModelStore
+    from bentoedge.cloud.serve import start_server, stop_server, wait_ready
 
     home = tmp_path_factory.mktemp("e2e-fallback-home")
     keys = LocalKeys(home)
@@ -107,11 +101,11 @@ def _post(agent: AgentServer, doc: object) -> tuple[int, dict[str, str], dict[st
 
 
 def test_agent_in_front_of_a_real_bentoml_cloud(cloud: tuple[str, object]) -> None:
-    from bentos.keystore import LocalKeys
-    from bentos.recipients import Keyring
+    from bentoedge.bentos.keystore import LocalKeys
+    from bentoedge.bentos.recipients import Keyring
 
     url, (proc, onnx_bytes, stop_server) = cloud  # type: ignore[misc]
-    keyring = Keyring().add_kek(LocalKeys(Path(_EDGE_TESTS) / "data").kek())
+    keyring = Keyring().add_kek(LocalKeys(DATA).kek())
     edge_model = load_edge_model(sealed("tiny"), keyring, artifact_id="edge-fp32")
     x = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
     with AgentServer(agent_config(cloud=url, timeout=10.0, max_batch=2), ActiveModel(edge_model)) as agent:

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sync_support import make_device, seal_tiny, signer_pub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
-
-from cloud.channel import Channel  # noqa: E402
-from cloud.channel.channel import hashed_name  # noqa: E402
-from cloud.channel.storage import S3Storage, Storage, open_storage  # noqa: E402
-from edge.active import ActiveModel  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
+from bentoedge.cloud.channel import Channel
+from bentoedge.cloud.channel.channel import hashed_name
+from bentoedge.cloud.channel.storage import S3Storage, Storage, open_storage
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.sync import SyncAgent
 
 pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent

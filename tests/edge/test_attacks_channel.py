@@ -9,7 +9,6 @@ the old version is still active and answering.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,17 +19,15 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner
+from sync_support import Device, make_device, seal_tiny, signer_pub
 from tuf.api.metadata import Metadata
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import Device, make_device, seal_tiny, signer_pub  # noqa: E402
-
-from bentos.errors import UsageError  # noqa: E402
-from bentos.sealed import SealedModel  # noqa: E402
-from cloud.channel import Channel, repo  # noqa: E402
-from cloud.channel.channel import hashed_name  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
-from edge.sync.machine import FULL_REFRESH_S  # noqa: E402
+from bentoedge.bentos.errors import UsageError
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.cloud.channel import Channel, repo
+from bentoedge.cloud.channel.channel import hashed_name
+from bentoedge.edge.sync import SyncAgent
+from bentoedge.edge.sync.machine import FULL_REFRESH_S
 
 X = {"x": np.ones((1, 4), np.float32)}
 
@@ -303,7 +300,7 @@ def test_restart_rolls_back_when_active_version_fails_its_check(world: World) ->
     data = bytearray(enc.read_bytes())
     data[-5] ^= 1
     enc.write_bytes(bytes(data))
-    from edge.active import ActiveModel
+    from bentoedge.edge.active import ActiveModel
 
     active = ActiveModel()
     with SyncAgent(world.dev.config, active) as again:
@@ -315,7 +312,7 @@ def test_restart_rolls_back_when_active_version_fails_its_check(world: World) ->
 
 
 def test_one_agent_per_state_folder(world: World) -> None:
-    from edge.active import ActiveModel
+    from bentoedge.edge.active import ActiveModel
 
     with pytest.raises(UsageError, match="another agent"):
         SyncAgent(world.dev.config, ActiveModel())

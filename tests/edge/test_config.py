@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bentos.errors import ConfigError
-from edge import config as cfg
+from bentoedge.bentos.errors import ConfigError
+from bentoedge.edge import config as cfg
 
 
 def base(tmp_path: Path) -> cfg.AgentConfig:

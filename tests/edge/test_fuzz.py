@@ -18,9 +18,9 @@ from api_support import agent_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.active import ActiveModel
-from edge.runtime import EdgeModel
-from edge.server import AgentServer
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.runtime import EdgeModel
+from bentoedge.edge.server import AgentServer
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.config import Limits
-from edge.router import (
+from bentoedge.edge.config import Limits
+from bentoedge.edge.router import (
     BATCH_LIMIT,
     CLOUD_NOT_CONFIGURED,
     CLOUD_ONLY,

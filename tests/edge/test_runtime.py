@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from api_support import DATA, sealed
 
-from bentos.errors import DecryptionError, HealthCheckError, IntegrityError
-from bentos.golden import Golden
-from bentos.recipients import Keyring
-from edge.runtime import (
+from bentoedge.bentos.errors import DecryptionError, HealthCheckError, IntegrityError
+from bentoedge.bentos.golden import Golden
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.edge.runtime import (
     EdgeModel,
     choose_edge_artifact,
     health_check,
@@ -131,7 +131,7 @@ def test_a_wrong_key_or_a_modified_artifact_never_loads(tmp_path, keyring: Keyri
     data = bytearray(art.read_bytes())
     data[len(data) // 2] ^= 1
     art.write_bytes(bytes(data))
-    from bentos.sealed import SealedModel
+    from bentoedge.bentos.sealed import SealedModel
 
     with pytest.raises(IntegrityError):
         load_edge_model(SealedModel.open(copy), keyring)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from api_support import StubCloud
 
-from bentos.api import HEADER_REASON, HEADER_SERVED_BY, HEADER_VERSION, NPZ
-from edge.breaker import CircuitBreaker
-from edge.runtime import EdgeModel
-from edge.server import AgentServer
+from bentoedge.bentos.api import HEADER_REASON, HEADER_SERVED_BY, HEADER_VERSION, NPZ
+from bentoedge.edge.breaker import CircuitBreaker
+from bentoedge.edge.runtime import EdgeModel
+from bentoedge.edge.server import AgentServer
 
 pytestmark = pytest.mark.slow  # starts servers (fast ones: in-process, loopback)
 
@@ -299,9 +299,9 @@ def test_overload_offloads_and_every_request_is_answered(make_agent: Callable[..
 def test_connections_beyond_the_bound_are_closed_and_the_rest_are_served(tmp_path: Any) -> None:
     import socket as _socket
 
-    from edge import server as server_mod
-    from edge.active import ActiveModel
-    from edge.config import AgentConfig
+    from bentoedge.edge import server as server_mod
+    from bentoedge.edge.active import ActiveModel
+    from bentoedge.edge.config import AgentConfig
 
     cfg = AgentConfig(device_id="d", channel="file:///nowhere", cloud="", state=str(tmp_path), port=0)
     old = server_mod._HTTPServer.max_connections

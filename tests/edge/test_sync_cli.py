@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sync_support import make_device, seal_tiny, signer_pub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
-
-from cloud.channel import Channel  # noqa: E402
-from edge import config as agent_config  # noqa: E402
+from bentoedge.cloud.channel import Channel
+from bentoedge.edge import config as agent_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "cloud")

@@ -19,17 +19,15 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from sync_support import make_device, seal_tiny, signer_pub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
-
-from bentos.recipients import Keyring  # noqa: E402
-from bentos.sealed import SealedModel  # noqa: E402
-from cloud.channel import Channel  # noqa: E402
-from edge import config as agent_config  # noqa: E402
-from edge.state import DeviceState  # noqa: E402
-from edge.sync.agent import load_and_check, trusted_signers  # noqa: E402
-from edge.sync.machine import Stage  # noqa: E402
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.cloud.channel import Channel
+from bentoedge.edge import config as agent_config
+from bentoedge.edge.state import DeviceState
+from bentoedge.edge.sync.agent import load_and_check, trusted_signers
+from bentoedge.edge.sync.machine import Stage
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -133,8 +131,8 @@ def test_a_version_that_keeps_killing_the_agent_before_its_commit_is_refused(pro
 
 
 def test_a_misconfigured_start_up_blames_no_version(provisioned: tuple[Path, Path]) -> None:
-    from edge.active import ActiveModel
-    from edge.sync.agent import SyncAgent
+    from bentoedge.edge.active import ActiveModel
+    from bentoedge.edge.sync.agent import SyncAgent
 
     tmp, template = provisioned
     state = fresh_device(tmp, template, "dev-misconfig")

@@ -12,18 +12,15 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sync_support import make_device, seal_tiny, signer_pub
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import make_device, seal_tiny, signer_pub  # noqa: E402
-
-from cloud.channel import Channel  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
+from bentoedge.cloud.channel import Channel
+from bentoedge.edge.sync import SyncAgent
 
 
 @pytest.fixture

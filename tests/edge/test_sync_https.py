@@ -5,16 +5,13 @@ and refuses, keeping its version, one it does not (a man in the middle with his 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
+from sync_support import make_device, seal_tiny, serve_folder, signer_pub, tls_for_loopback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/sync_support.py
-from sync_support import make_device, seal_tiny, serve_folder, signer_pub, tls_for_loopback  # noqa: E402
-
-from cloud.channel import Channel  # noqa: E402
-from edge.sync import SyncAgent  # noqa: E402
+from bentoedge.cloud.channel import Channel
+from bentoedge.edge.sync import SyncAgent
 
 
 def test_https_channel_trusted_and_impostor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.state import Pointer
-from edge.sync import machine, select
-from edge.sync.machine import Outcome, Result, Stage
+from bentoedge.edge.state import Pointer
+from bentoedge.edge.sync import machine, select
+from bentoedge.edge.sync.machine import Outcome, Result, Stage
 
 names = st.sampled_from(["tiny", "digits"])
 versions = st.from_regex(r"v[0-9]{1,3}", fullmatch=True)
@@ -116,7 +116,7 @@ def test_cycle_table() -> None:
 def test_classify() -> None:
     from tuf.api import exceptions as tx
 
-    from bentos.errors import HealthCheckError, SignatureError
+    from bentoedge.bentos.errors import HealthCheckError, SignatureError
 
     assert machine.classify(Stage.REFRESH, tx.ExpiredMetadataError("x")) is Outcome.DISTRUSTED
     assert machine.classify(Stage.REFRESH, tx.DownloadError("x")) is Outcome.TRANSIENT
@@ -167,7 +167,7 @@ def test_a_pin_holds_even_when_this_device_may_not_take_the_pinned_version() -> 
        st.binary(max_size=8), st.integers(-10, 5000), st.integers(-10, 5000))
 def test_a_poll_stops_after_one_get_only_when_nothing_can_have_changed(
         last: str | None, refreshed: bool, trusted: bytes, fetched: bytes, age: int, expires_in: int) -> None:
-    from edge.sync.machine import FULL_REFRESH_S, Verified, timestamp_unchanged
+    from bentoedge.edge.sync.machine import FULL_REFRESH_S, Verified, timestamp_unchanged
 
     now = 1_000_000.0
     verified = Verified(trusted, now - age, now + expires_in) if refreshed else None

@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2]))
+from bentoedge.bentos.golden import Golden
+from bentoedge.bentos.keystore import LocalKeys
+from bentoedge.bentos.manifest import Signature, TensorSpec
+from bentoedge.bentos.recipients import KekRecipient
+from bentoedge.bentos.sealed import Plain, SealRequest, seal
 
-from bentos.golden import Golden  # noqa: E402
-from bentos.keystore import LocalKeys  # noqa: E402
-from bentos.manifest import Signature, TensorSpec  # noqa: E402
-from bentos.recipients import KekRecipient  # noqa: E402
-from bentos.sealed import Plain, SealRequest, seal  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def _convert(fn, specs, int8: bool = False, rep=None) -> bytes:  # type: ignore[no-untyped-def]

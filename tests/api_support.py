@@ -25,16 +25,16 @@ from typing import Any
 
 import pytest
 
-from bentos.keystore import LocalKeys
-from bentos.recipients import Keyring
-from bentos.sealed import SealedModel
-from edge.active import ActiveModel
-from edge.breaker import CircuitBreaker
-from edge.config import AgentConfig, Limits
-from edge.runtime import EdgeModel, load_edge_model
-from edge.server import AgentServer
+from bentoedge.bentos.keystore import LocalKeys
+from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.sealed import SealedModel
+from bentoedge.edge.active import ActiveModel
+from bentoedge.edge.breaker import CircuitBreaker
+from bentoedge.edge.config import AgentConfig, Limits
+from bentoedge.edge.runtime import EdgeModel, load_edge_model
+from bentoedge.edge.server import AgentServer
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "edge" / "data"
 
 
 def free_port() -> int:

@@ -51,12 +51,12 @@ class TinySealed:
 
 
 def seal_tiny(home: Path, name: str = "tiny", version: str = "v1", release: int = 1) -> TinySealed:
-    from bentos.golden import Golden
-    from bentos.keystore import LocalKeys
-    from bentos.manifest import Signature, TensorSpec
-    from bentos.recipients import KekRecipient
-    from bentos.sealed import Plain, SealRequest, seal
-    from bentos.store import ModelStore
+    from bentoedge.bentos.golden import Golden
+    from bentoedge.bentos.keystore import LocalKeys
+    from bentoedge.bentos.manifest import Signature, TensorSpec
+    from bentoedge.bentos.recipients import KekRecipient
+    from bentoedge.bentos.sealed import Plain, SealRequest, seal
+    from bentoedge.bentos.store import ModelStore
 
     keys = LocalKeys(home)
     keys.init()
