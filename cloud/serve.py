@@ -1,6 +1,6 @@
 """Starting and stopping `bentoml serve` of the cloud service, for the CLI, tests, demo and benchmarks.
 
-``start_server`` runs ``python -m bentoml serve cloud.service:SealedService`` as a child
+``start_server`` runs ``python -m bentoml serve bentoedge.cloud.service:SealedService`` as a child
 process with the environment the service reads (``BENTOEDGE_MODEL``,
 ``BENTOML_DO_NOT_TRACK=true``), in its own process group so ``stop_server`` can end the
 BentoML arbiter and its workers together.  ``wait_ready`` polls ``/readyz`` on loopback
@@ -22,14 +22,13 @@ from pathlib import Path
 
 from bentoedge.bentos.errors import HealthCheckError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "bentoedge.cloud.service:SealedService"
 REFUSAL = "bentoedge: refusing to serve"  # the line cloud.service logs when it will not start
 
 
 def serve_command(port: int, host: str = "127.0.0.1", service: str = SERVICE) -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port), "--host", host,
-            "--working-dir", str(REPO_ROOT)]
+    # The service imports from the installed bentoedge package, wherever the caller stands.
+    return [sys.executable, "-m", "bentoml", "serve", service, "--port", str(port), "--host", host]
 
 
 def server_env(tag: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -37,7 +36,6 @@ def server_env(tag: str, env: Mapping[str, str] | None = None) -> dict[str, str]
     full.update(env or {})
     full["BENTOEDGE_MODEL"] = tag
     full["BENTOML_DO_NOT_TRACK"] = "true"
-    full["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full.get("PYTHONPATH", "")) if p)
     return full
 
 
@@ -46,7 +44,7 @@ def start_server(tag: str, port: int, env: Mapping[str, str] | None = None, host
     """Start serving sealed model ``tag`` on ``host:port``; returns at once (see ``wait_ready``)."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     try:
-        return subprocess.Popen(serve_command(port, host, service), env=server_env(tag, env), cwd=REPO_ROOT,
+        return subprocess.Popen(serve_command(port, host, service), env=server_env(tag, env),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         if log is not None:
