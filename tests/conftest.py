@@ -1,10 +1,11 @@
 """Shared test set-up: private homes for BentoML and bentoedge, and session fixtures.
 
-At import (before any test module imports bentoml) this points ``BENTOML_HOME`` and
-``BENTOEDGE_HOME`` at fresh temporary folders and turns BentoML's tracking off, so tests
-never touch the user's store or keys.  Nothing heavy is imported here: the device-only
-CI environment (no TensorFlow, BentoML or boto3) loads this file too, so fixtures that
-need those import them when they run.
+At import (before any test module imports bentoml) this points ``BENTOML_HOME``,
+``BENTOEDGE_HOME`` and ``TMPDIR`` at a fresh session folder (removed at the end) and turns
+BentoML's tracking off, so tests never touch the user's store or keys, nor the shared
+/tmp.  Nothing heavy is imported here: the device-only CI environment (no TensorFlow,
+BentoML or boto3) loads this file too, so fixtures that need those import them when
+they run.
 
 Fixtures:
 - ``keys_home``: a BENTOEDGE_HOME with a signing key and KEK (session).
@@ -39,6 +40,13 @@ os.environ["BENTOML_HOME"] = str(_SESSION_TMP / "bentoml")
 os.environ["BENTOEDGE_HOME"] = str(_SESSION_TMP / "bentoedge")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# Every temporary file of the session (the code under test's mkdtemp, BentoML's, TensorFlow's,
+# and those of the servers it starts) goes inside the session folder, never the shared /tmp
+# where another run on the same machine could see or remove it.  pytest's own tmp_path
+# folders stay where pytest keeps them, so a failed test's files survive the session.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+(_SESSION_TMP / "tmp").mkdir()
+os.environ["TMPDIR"] = tempfile.tempdir = str(_SESSION_TMP / "tmp")
 
 #: Seconds a started server may take to answer; a bound, not a timing assertion.
 SERVER_START_TIMEOUT = 60.0

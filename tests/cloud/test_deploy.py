@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +23,9 @@ from bentoedge.cloud.deploy.plan import (
     plan_sagemaker_delete,
     undo,
 )
+
+if TYPE_CHECKING:  # boto3/botocore are imported where used: not every test environment has them
+    from botocore.stub import Stubber
 
 ROLE = "arn:aws:iam::123456789012:role/bentoedge-exec"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1"
@@ -128,7 +133,7 @@ def sm_names(url: str, prefix: str) -> tuple[set[str], set[str]]:
     return models, configs
 
 
-def test_sagemaker_create_update_idempotent_delete(aws: str, tiny_sealed: TinySealed) -> None:
+def test_sagemaker_create_idempotent_delete(aws: str, tiny_sealed: TinySealed) -> None:
     args = ["deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "tiny-ep", "--image", "example.org/bentoedge:v1",
             "--role", ROLE]
     code, out = cli(*args)
@@ -140,21 +145,121 @@ def test_sagemaker_create_update_idempotent_delete(aws: str, tiny_sealed: TinySe
     code, out = cli(*args)  # same again: nothing to do
     assert code == 0 and "nothing to do" in out and endpoint_config(aws, "tiny-ep") == first
 
-    models_before = sm_names(aws, "tiny-ep")
-    code, out = cli(*args[:-4], "--image", "example.org/bentoedge:v2", "--role", ROLE, "--memory", "3072")
-    assert "create endpoint config" in out, out
-    if code == 0:  # a SageMaker that implements UpdateEndpoint switches the endpoint in place
-        assert "update endpoint: tiny-ep" in out
-        assert endpoint_config(aws, "tiny-ep") not in (None, first)
-    else:  # moto 5.2 answers UpdateEndpoint with 500: the new model and config are rolled back
-        assert code == 2 and "update_endpoint tiny-ep failed" in out and "rolled back" in out, out
-        assert endpoint_config(aws, "tiny-ep") == first  # the old version keeps serving
-        assert sm_names(aws, "tiny-ep") == models_before  # nothing half-made stays
-
+    # The update of a live endpoint is proven against SageMaker's own service model with a
+    # Stubber (below): moto does not implement UpdateEndpoint.
     code, out = cli("deploy", "delete", "sagemaker", "tiny-ep")
     assert code == 0, out
     assert endpoint_config(aws, "tiny-ep") is None
     assert sm_names(aws, "tiny-ep") == (set(), set())
+
+
+# ---- the update of a live endpoint, against the real SageMaker service model (Stubber) ------------
+
+STUB_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def stubbed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, dict[str, Stubber]]]:
+    """``Clients`` holding real boto3 clients (sagemaker, iam, ecr) whose calls a Stubber answers.
+
+    Every call is checked against botocore's service model and against the exact parameters
+    the test expects; nothing goes on the network, and any other client is a failure.
+    """
+    import boto3
+    from botocore.stub import Stubber
+
+    from bentoedge.cloud.deploy.aws import Clients
+
+    made = {name: boto3.client(name, region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+            for name in ("sagemaker", "iam", "ecr")}
+    stubs = {name: Stubber(client) for name, client in made.items()}
+    monkeypatch.setattr(boto3, "client", lambda service, *a, **k: pytest.fail(f"unexpected {service} client"))
+    for stub in stubs.values():
+        stub.activate()
+    try:
+        yield Clients(_made=made), stubs
+    finally:
+        for stub in stubs.values():
+            stub.deactivate()
+
+
+def _stub_live_endpoint(stubs: dict[str, Stubber], old: SageMakerDesired, new: SageMakerDesired) -> None:
+    """What deploy_sagemaker reads first: the endpoint runs ``old``; then the role and image checks."""
+    sm_stub = stubs["sagemaker"]
+    sm_stub.add_response("list_models", {"Models": [
+        {"ModelName": old.sm_model, "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{old.sm_model}",
+         "CreationTime": STUB_TIME}]}, {"NameContains": "digits", "MaxResults": 100})
+    sm_stub.add_response("list_endpoint_configs", {"EndpointConfigs": [
+        {"EndpointConfigName": old.sm_config, "CreationTime": STUB_TIME,
+         "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{old.sm_config}"}]},
+        {"NameContains": "digits", "MaxResults": 100})
+    sm_stub.add_response("describe_endpoint", {
+        "EndpointName": "digits", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/digits",
+        "EndpointConfigName": old.sm_config, "EndpointStatus": "InService", "CreationTime": STUB_TIME,
+        "LastModifiedTime": STUB_TIME}, {"EndpointName": "digits"})
+    stubs["iam"].add_response("get_role", {"Role": {
+        "Path": "/", "RoleName": "bentoedge-exec", "RoleId": "AROAEXAMPLEEXAMPLE123", "Arn": ROLE,
+        "CreateDate": STUB_TIME}}, {"RoleName": "bentoedge-exec"})
+    stubs["ecr"].add_response("describe_images", {"imageDetails": [
+        {"registryId": "123456789012", "repositoryName": "bentoedge", "imageTags": ["v2"]}]},
+        {"repositoryName": "bentoedge", "imageIds": [{"imageTag": "v2"}]})
+    sm_stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{new.sm_model}"}, {
+        "ModelName": new.sm_model, "ExecutionRoleArn": ROLE,
+        "PrimaryContainer": {"Image": IMAGE.replace(":v1", ":v2"), "Environment": {"BENTOEDGE_MODEL": "digits:v2"}}})
+    sm_stub.add_response("create_endpoint_config", {
+        "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{new.sm_config}"}, {
+        "EndpointConfigName": new.sm_config,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": new.sm_model,
+                                "ServerlessConfig": {"MemorySizeInMB": 3072, "MaxConcurrency": 7}}]})
+
+
+def _versions() -> tuple[SageMakerDesired, SageMakerDesired]:
+    old = sm("v1", env={"BENTOEDGE_MODEL": "digits:v1"})
+    new = sm("v2", image=IMAGE.replace(":v1", ":v2"), memory_mb=3072, max_concurrency=7,
+             env={"BENTOEDGE_MODEL": "digits:v2"})
+    assert new.sm_model.startswith("digits-v2-") and new.sm_config.endswith("-cfg")
+    assert new.sm_model != old.sm_model and new.sm_config != old.sm_config
+    return old, new
+
+
+def test_sagemaker_new_version_updates_the_live_endpoint(stubbed: tuple[Any, dict[str, Stubber]]) -> None:
+    from bentoedge.cloud.deploy.aws import deploy_sagemaker
+
+    clients, stubs = stubbed
+    old, new = _versions()
+    _stub_live_endpoint(stubs, old, new)
+    stubs["sagemaker"].add_response("update_endpoint",
+                                    {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/digits"},
+                                    {"EndpointName": "digits", "EndpointConfigName": new.sm_config})
+    said: list[str] = []
+    result = deploy_sagemaker(new, clients, say=said.append)
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()  # every expected call was made, in this order
+    assert result.done == (f"create_model {new.sm_model}", f"create_endpoint_config {new.sm_config}",
+                           "update_endpoint digits")
+    assert result.target == "digits" and result.changed
+    assert said[-1] == "update endpoint: digits"
+
+
+def test_sagemaker_failed_update_rolls_back_the_new_model_and_config(
+        stubbed: tuple[Any, dict[str, Stubber]]) -> None:
+    from bentoedge.cloud.deploy.aws import deploy_sagemaker
+
+    clients, stubs = stubbed
+    old, new = _versions()
+    _stub_live_endpoint(stubs, old, new)
+    sm_stub = stubs["sagemaker"]
+    sm_stub.add_client_error("update_endpoint", "ValidationException", "config is not valid",
+                             expected_params={"EndpointName": "digits", "EndpointConfigName": new.sm_config})
+    # Newest first; the live endpoint is never deleted, so the old version keeps serving.
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": new.sm_config})
+    sm_stub.add_response("delete_model", {}, {"ModelName": new.sm_model})
+    with pytest.raises(DeployError, match=r"update_endpoint digits failed .*rolled back "
+                                          rf"{new.sm_config}, {new.sm_model}$"):
+        deploy_sagemaker(new, clients, say=lambda _: None)
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()
 
 
 def test_missing_version_role_or_image_exit_2_and_leave_nothing(aws: str, tiny_sealed: TinySealed) -> None:

@@ -5,8 +5,10 @@ Runs on whichever interpreter is installed (LiteRT, or tflite-runtime 2.14 on nu
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,10 +116,30 @@ def test_health_check_fails_for_a_model_that_does_not_give_the_golden_answers(
         health_check(load("reshape"), sealed("tiny"), keyring)
 
 
-def test_threads_setting_reaches_the_interpreter(keyring: Keyring) -> None:
-    for threads in (0, 1, 2):
-        model = load_edge_model(sealed("tiny"), keyring, threads=threads)
-        assert model.predict({"x": np.zeros((1, 4), np.float32)})["y"].shape == (1, 3)
+def test_threads_setting_reaches_the_interpreter(keyring: Keyring, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Wrap the installed interpreter class's own constructor, so whichever module builds it
+    # (and however it got hold of the class) the test sees the num_threads it was given.
+    cls, _ = interpreter_class()
+    original_init = cls.__init__
+    signature = inspect.signature(original_init)
+    default = signature.parameters["num_threads"].default
+    seen: list[Any] = []
+
+    def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        seen.append(bound.arguments["num_threads"])
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", recording_init)
+    x = np.zeros((1, 4), np.float32)
+    for threads, want in ((3, 3), (1, 1), (0, None), (None, None)):
+        seen.clear()
+        model = load_edge_model(sealed("tiny"), keyring, threads=threads, workers=2)
+        # One interpreter per worker at least, and every one got the setting.
+        assert len(seen) >= 2 and all(v == want for v in seen), f"threads={threads!r}: num_threads={seen}"
+        assert model.predict({"x": x})["y"].shape == (1, 3)  # and they really run
+    assert default is None  # None is the runtime's own default (let it decide)
 
 
 def test_a_wrong_key_or_a_modified_artifact_never_loads(tmp_path, keyring: Keyring) -> None:  # type: ignore[no-untyped-def]
