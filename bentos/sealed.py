@@ -6,6 +6,9 @@
                              because a wrap only opens what the signed hashes already pin
     <dir>/artifacts/*.enc    streaming AES-256-GCM ciphertext (bentos.aead)
 
+The file names come from ``bentos.channel_layout``: a published version is this folder
+as TUF targets, so the channel and the device spell them from the same place.
+
 ``seal`` builds the directory under a temporary name and renames it into place, so a
 crash or a failed build leaves nothing that looks like a model.  ``SealedModel.decrypt``
 reads the ciphertext once, hashing it against the manifest while it decrypts into a
@@ -28,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bentoedge.bentos import aead
+from bentoedge.bentos.channel_layout import ARTIFACTS, KEYS, MANIFEST, SIGNATURE, artifact_file
 from bentoedge.bentos.errors import FormatError, IntegrityError
 from bentoedge.bentos.keystore import fsync_dir
 from bentoedge.bentos.manifest import (
@@ -47,9 +51,6 @@ from bentoedge.bentos.recipients import (
     wrap_for,
 )
 from bentoedge.bentos.signing import SignatureInfo, sign, verify_signature
-
-MANIFEST, SIGNATURE, KEYS, ARTIFACTS = "manifest.json", "manifest.sig", "keys.json", "artifacts"
-SUFFIX = {"litert": ".tflite", "onnxruntime": ".onnx", None: ".npz"}
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _aad(name: str, version: str, artifact_id: str) -> bytes:
 
 def _encrypt_artifact(plain: Plain, tmp: Path, req: SealRequest) -> tuple[Artifact, bytes]:
     key = os.urandom(aead.KEY_SIZE)
-    file = f"{ARTIFACTS}/{plain.id}{SUFFIX[plain.runtime]}.enc"
+    file = artifact_file(plain.id, plain.runtime)
     ct = aead.encrypt(key, plain.data, _aad(req.name, req.version, plain.id), req.segment_size)
     _write(tmp / file, ct)
     entry = Artifact(

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
+from bentoedge.bentos import channel_layout as layout
 from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
 from bentoedge.bentos.keystore import LocalKeys, default_home, write_private
 from bentoedge.bentos.manifest import canonical_json
@@ -46,9 +47,12 @@ from bentoedge.bentos.recipients import (
     load_x25519_public,
     x25519_id,
 )
-from bentoedge.bentos.sealed import KEYS, MANIFEST, SIGNATURE, SealedModel
+from bentoedge.bentos.sealed import SealedModel
 from bentoedge.cloud.channel import repo
 from bentoedge.cloud.channel.storage import Storage, open_storage
+
+#: Kept under its old name here: tests and tools find a target's channel object with it.
+hashed_name = layout.hashed_name
 
 #: Called once per uploaded file with (target path, size); returns a per-chunk byte callback.
 UploadProgress = Callable[[str, int], Callable[[int], None]]
@@ -79,12 +83,6 @@ log = logging.getLogger("bentoedge.channel")
 
 def state_dir_for(url: str, home: Path) -> Path:
     return home / "channels" / hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-def hashed_name(path: str, sha256: str) -> str:
-    """The consistent-snapshot file name ngclient downloads for target ``path``."""
-    dirname, sep, base = path.rpartition("/")
-    return f"{dirname}{sep}{sha256}.{base}"
 
 
 @dataclass
@@ -118,7 +116,7 @@ class Channel:
     def init(cls, url: str, home: Path | None = None, root_keys: int = 3, threshold: int = 2,
              root_keys_dir: Path | None = None, storage: Storage | None = None) -> Channel:
         ch = cls(storage or open_storage(url), home or default_home())
-        if ch.storage.get("metadata/timestamp.json") is not None or (ch.state_dir / "channel.json").exists():
+        if ch.storage.get(layout.TIMESTAMP_KEY) is not None or (ch.state_dir / "channel.json").exists():
             raise UsageError(f"channel {ch.url} already exists; use 'bentoedge channel status' to inspect it")
         if not 1 <= threshold <= root_keys:
             raise UsageError(f"--threshold {threshold} must be between 1 and --root-keys {root_keys}")
@@ -138,7 +136,7 @@ class Channel:
         repo.sign(mds["root"], root_signers)
         repo.link(mds["snapshot"].signed, mds["targets"].signed.version)
         repo.link_timestamp(mds["timestamp"].signed, mds["snapshot"].signed.version)
-        ch.storage.put("metadata/1.root.json", mds["root"].to_bytes())
+        ch.storage.put(layout.metadata_key("root", 1), mds["root"].to_bytes())
         ch._write_online(Loaded(mds["root"], mds["targets"], mds["snapshot"], mds["timestamp"]),
                          ("targets", "snapshot", "timestamp"))
         write_private(ch.state_dir / "channel.json",
@@ -157,24 +155,24 @@ class Channel:
         return Metadata.from_bytes(data)
 
     def root_version(self) -> int:
-        versions = [int(m.group(1)) for k in self.storage.list("metadata")
-                    if (m := re.fullmatch(r"metadata/(\d+)\.root\.json", k))]
+        versions = [v for k in self.storage.list(layout.METADATA_DIR) if (v := layout.root_version_of(k)) is not None]
         if not versions:
             raise ChannelError(f"channel {self.url} has no root metadata; run 'bentoedge channel init'")
         return max(versions)
 
     def root_bytes(self, version: int | None = None) -> bytes:
         v = version or self.root_version()
-        data = self.storage.get(f"metadata/{v}.root.json")
+        key = layout.metadata_key("root", v)
+        data = self.storage.get(key)
         if data is None:
-            raise ChannelError(f"channel {self.url} lacks metadata/{v}.root.json")
+            raise ChannelError(f"channel {self.url} lacks {key}")
         return data
 
     def load(self) -> Loaded:
         root = Metadata[Root].from_bytes(self.root_bytes())
-        ts = self._get_md("metadata/timestamp.json")
-        snap = self._get_md(f"metadata/{ts.signed.snapshot_meta.version}.snapshot.json")
-        targets = self._get_md(f"metadata/{snap.signed.meta['targets.json'].version}.targets.json")
+        ts = self._get_md(layout.TIMESTAMP_KEY)
+        snap = self._get_md(layout.metadata_key("snapshot", ts.signed.snapshot_meta.version))
+        targets = self._get_md(layout.metadata_key("targets", snap.signed.meta["targets.json"].version))
         return Loaded(root, targets, snap, ts)
 
     def _signer(self, role: str) -> CryptoSigner:
@@ -186,14 +184,14 @@ class Channel:
         """Sign and write the roles in ``changed`` in TUF order (timestamp last)."""
         if "targets" in changed:
             repo.sign(md.targets, [self._signer("targets")])
-            self.storage.put(f"metadata/{md.targets.signed.version}.targets.json", md.targets.to_bytes())
+            self.storage.put(layout.metadata_key("targets", md.targets.signed.version), md.targets.to_bytes())
         if "snapshot" in changed:
             repo.link(md.snapshot.signed, md.targets.signed.version)
             repo.sign(md.snapshot, [self._signer("snapshot")])
-            self.storage.put(f"metadata/{md.snapshot.signed.version}.snapshot.json", md.snapshot.to_bytes())
+            self.storage.put(layout.metadata_key("snapshot", md.snapshot.signed.version), md.snapshot.to_bytes())
         repo.link_timestamp(md.timestamp.signed, md.snapshot.signed.version)
         repo.sign(md.timestamp, [self._signer("timestamp")])
-        self.storage.put("metadata/timestamp.json", md.timestamp.to_bytes())
+        self.storage.put(layout.TIMESTAMP_KEY, md.timestamp.to_bytes())
 
     def _commit_targets(self, md: Loaded) -> None:
         now = repo.utcnow()
@@ -250,7 +248,7 @@ class Channel:
         with tempfile.TemporaryDirectory(prefix="bentoedge-publish-") as tmp:
             staged = self._stage(sealed, Path(tmp), recipients, kek)
             files: dict[str, tuple[int, str]] = {}
-            for rel in [MANIFEST, SIGNATURE, KEYS] + [a.file for a in edge]:
+            for rel in [*layout.REQUIRED_FILES, *(a.file for a in edge)]:
                 data_path = staged / rel
                 h = hashlib.sha256()
                 with open(data_path, "rb") as f:
@@ -258,9 +256,9 @@ class Channel:
                         h.update(chunk)
                 files[rel] = (data_path.stat().st_size, h.hexdigest())
             for rel, (size, sha) in files.items():
-                key = "targets/" + hashed_name(f"{m.name}/{m.version}/{rel}", sha)
-                cb = progress(f"{m.name}/{m.version}/{rel}", size) if progress else None
-                self.storage.put_file(key, staged / rel, cb)
+                path = layout.target_path(m.name, m.version, rel)
+                cb = progress(path, size) if progress else None
+                self.storage.put_file(layout.hashed_target_key(path, sha), staged / rel, cb)
         repo.set_version(md.targets.signed, release, files)
         self._commit_targets(md)
         return release
@@ -268,8 +266,8 @@ class Channel:
     def _stage(self, sealed: SealedModel, tmp: Path, recipients: Sequence[X25519Recipient],
                kek: bytes | None) -> Path:
         staged = tmp / "sealed"
-        (staged / "artifacts").mkdir(parents=True)
-        for name in (MANIFEST, SIGNATURE, KEYS):
+        (staged / layout.ARTIFACTS).mkdir(parents=True)
+        for name in layout.REQUIRED_FILES:
             shutil.copyfile(sealed.path / name, staged / name)
         edge = [a for a in sealed.manifest.artifacts if a.target == "edge"]
         for a in edge:
@@ -282,7 +280,7 @@ class Channel:
         # wrap under the publisher's KEK or a cloud key has no business on it.
         wraps = copy.wraps()
         public = {a.id: [w for w in wraps.get(a.id, []) if w.get("type") == "x25519"] for a in edge}
-        (staged / KEYS).write_bytes(keys_document(public))
+        (staged / layout.KEYS).write_bytes(keys_document(public))
         return staged
 
     # ---- maintenance -----------------------------------------------------------------------
@@ -366,7 +364,7 @@ class Channel:
             pending = self.state_dir / "keys" / f"{role}.pem.next"
             write_private(pending, _pem(priv))
         repo.sign(root, old_signers + extra[:threshold])
-        self.storage.put(f"metadata/{root.signed.version}.root.json", root.to_bytes())
+        self.storage.put(layout.metadata_key("root", root.signed.version), root.to_bytes())
         if role != "root":
             (self.state_dir / "keys" / f"{role}.pem.next").replace(self.state_dir / "keys" / f"{role}.pem")
         # Re-sign what the rotated key signs, so the new root and the online roles agree.

@@ -14,13 +14,14 @@ under ``<dir>/<sha256>.<name>``, so files of an old and a new state never collid
 A version's files are targets ``<model>/<version>/<file>``; its ``manifest.json`` target
 carries the decision data in ``custom["bentoedge"]`` (release counter, device classes,
 rollout percentage, minimum agent version, pinned), which the device's pure selection
-(``edge.sync.select``) reads.
+(``edge.sync.select``) reads.  Those paths and that record are ``bentos.channel_layout``,
+shared with the device, so publisher and device cannot disagree on the format.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -36,7 +37,8 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from bentoedge.bentos.errors import NotFoundError, UsageError
+from bentoedge.bentos import channel_layout as layout
+from bentoedge.bentos.errors import ChannelError, NotFoundError, UsageError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE = ("targets", "snapshot", "timestamp")
@@ -46,34 +48,8 @@ EXPIRY = {
     "snapshot": timedelta(days=7),
     "timestamp": timedelta(days=1),
 }
-CUSTOM = "bentoedge"
-MANIFEST_FILE = "manifest.json"
-
-
-@dataclass(frozen=True)
-class Release:
-    """The decision data published with one model version (custom target metadata)."""
-
-    model: str
-    version: str
-    release: int
-    device_classes: tuple[str, ...] = ()  # empty: every class
-    rollout: int = 100  # percent of devices (by stable cohort) that may take it
-    min_agent: str = "0"
-    pinned: bool = False
-
-    def to_custom(self, files: Sequence[str]) -> dict[str, Any]:
-        return {CUSTOM: {"model": self.model, "version": self.version, "release": self.release,
-                         "device_classes": list(self.device_classes), "rollout": self.rollout,
-                         "min_agent": self.min_agent, "pinned": self.pinned, "files": list(files)}}
-
-    @classmethod
-    def from_custom(cls, custom: Mapping[str, Any]) -> Release:
-        d = custom[CUSTOM]
-        return cls(model=str(d["model"]), version=str(d["version"]), release=int(d["release"]),
-                   device_classes=tuple(str(c) for c in d.get("device_classes", ())),
-                   rollout=int(d.get("rollout", 100)), min_agent=str(d.get("min_agent", "0")),
-                   pinned=bool(d.get("pinned", False)))
+#: Re-exported: the publisher's callers (``Channel.publish``, the CLI) name it ``repo.Release``.
+Release = layout.Release
 
 
 def expires(role: str, now: datetime) -> datetime:
@@ -115,7 +91,7 @@ def sign(md: Metadata[Any], signers: Iterable[Signer]) -> Metadata[Any]:
 
 
 def version_files(targets: Targets, model: str, version: str) -> dict[str, TargetFile]:
-    prefix = f"{model}/{version}/"
+    prefix = layout.version_prefix(model, version)
     return {p: t for p, t in targets.targets.items() if p.startswith(prefix)}
 
 
@@ -125,15 +101,15 @@ def set_version(targets: Targets, release: Release, files: Mapping[str, tuple[in
     Returns the target paths.  Unpins every other version when ``release`` is pinned,
     because a channel pins at most one version of a model.
     """
-    if MANIFEST_FILE not in files:
-        raise UsageError(f"a published version needs its {MANIFEST_FILE}")
+    if layout.MANIFEST not in files:
+        raise UsageError(f"a published version needs its {layout.MANIFEST}")
     for path in version_files(targets, release.model, release.version):
         del targets.targets[path]
-    paths = [f"{release.model}/{release.version}/{name}" for name in sorted(files)]
+    paths = [layout.target_path(release.model, release.version, name) for name in sorted(files)]
+    record = replace(release, files=tuple(paths))
     for name, (length, sha) in sorted(files.items()):
-        path = f"{release.model}/{release.version}/{name}"
-        custom = release.to_custom(paths) if name == MANIFEST_FILE else {
-            CUSTOM: {"model": release.model, "version": release.version}}
+        path = layout.target_path(release.model, release.version, name)
+        custom = record.to_custom() if name == layout.MANIFEST else layout.file_custom(release.model, release.version)
         targets.targets[path] = TargetFile(length, {"sha256": sha}, path, unrecognized_fields={"custom": custom})
     if release.pinned:
         _unpin_others(targets, release.model, release.version)
@@ -141,11 +117,14 @@ def set_version(targets: Targets, release: Release, files: Mapping[str, tuple[in
 
 
 def releases(targets: Targets) -> list[Release]:
-    out = []
-    for path, tf in targets.targets.items():
-        custom = tf.custom
-        if path.endswith("/" + MANIFEST_FILE) and isinstance(custom, Mapping) and CUSTOM in custom:
-            out.append(Release.from_custom(custom))
+    """Every release record on the channel, oldest release first.
+
+    The publisher wrote them all, so one that does not parse means the channel was
+    edited behind its back: said plainly rather than skipped, as a device would.
+    """
+    out, skipped = layout.releases_in(targets.targets)
+    if skipped:
+        raise ChannelError(f"the channel's targets metadata holds malformed release records: {'; '.join(skipped)}")
     return sorted(out, key=lambda r: (r.model, r.release, r.version))
 
 
@@ -153,7 +132,7 @@ def find_release(targets: Targets, model: str, version: str) -> Release:
     for r in releases(targets):
         if r.model == model and r.version == version:
             return r
-    have = ", ".join(f"{r.model}:{r.version}" for r in releases(targets)) or "none"
+    have = ", ".join(r.key for r in releases(targets)) or "none"
     raise NotFoundError(f"{model}:{version} is not published on this channel (published: {have})")
 
 
@@ -168,18 +147,21 @@ def withdraw(targets: Targets, model: str, version: str) -> list[str]:
 
 def pin(targets: Targets, model: str, version: str) -> Release:
     rel = find_release(targets, model, version)
-    manifest = targets.targets[f"{model}/{version}/{MANIFEST_FILE}"]
-    manifest.unrecognized_fields["custom"][CUSTOM]["pinned"] = True
+    _set_pinned(targets, rel, True)
     _unpin_others(targets, model, version)
     return rel
 
 
+def _set_pinned(targets: Targets, rel: Release, pinned: bool) -> None:
+    # The record is rewritten whole from its parsed form, so a pin cannot leave it in a
+    # shape the device would refuse.
+    targets.targets[rel.manifest_path].unrecognized_fields["custom"] = replace(rel, pinned=pinned).to_custom()
+
+
 def _unpin_others(targets: Targets, model: str, version: str) -> None:
-    for path, tf in targets.targets.items():
-        custom = tf.custom
-        if (path.endswith("/" + MANIFEST_FILE) and isinstance(custom, Mapping) and CUSTOM in custom
-                and custom[CUSTOM].get("model") == model and custom[CUSTOM].get("version") != version):
-            tf.unrecognized_fields["custom"][CUSTOM]["pinned"] = False
+    for rel in releases(targets):
+        if rel.model == model and rel.version != version and rel.pinned:
+            _set_pinned(targets, rel, False)
 
 
 def link(snapshot: Snapshot, targets_version: int) -> None:

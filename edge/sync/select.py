@@ -1,7 +1,8 @@
 """Which published version a device may take: a pure function of (candidates, device facts).
 
 The channel's targets metadata lists each version's ``manifest.json`` target with custom
-data (release counter, device classes, rollout percentage, minimum agent version, pinned).
+data (release counter, device classes, rollout percentage, minimum agent version, pinned),
+parsed strictly by ``bentos.channel_layout`` into a ``Candidate`` (its ``Release``).
 ``choose`` picks the newest version this device is permitted to run:
 
 - the model it follows (``config.model``, else the active model, else the only one),
@@ -24,41 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bentoedge.bentos.errors import FormatError
+from bentoedge.bentos.channel_layout import Release, releases_in
 
-CUSTOM = "bentoedge"
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    model: str
-    version: str
-    release: int
-    device_classes: tuple[str, ...] = ()
-    rollout: int = 100
-    min_agent: str = "0"
-    pinned: bool = False
-    files: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}:{self.version}"
-
-    @classmethod
-    def from_custom(cls, custom: Any) -> Candidate:
-        """Parse signed custom target metadata strictly: a bad entry is skipped, not guessed."""
-        try:
-            d = custom[CUSTOM]
-            c = cls(model=str(d["model"]), version=str(d["version"]), release=int(d["release"]),
-                    device_classes=tuple(str(x) for x in d.get("device_classes", ())),
-                    rollout=int(d.get("rollout", 100)), min_agent=str(d.get("min_agent", "0")),
-                    pinned=bool(d.get("pinned", False)), files=tuple(str(f) for f in d.get("files", ())))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"channel target has malformed bentoedge metadata: {exc}") from None
-        if not _NAME.match(c.model) or not _NAME.match(c.version) or c.release < 0:
-            raise FormatError(f"channel target {c.key!r} has an invalid name, version or release")
-        return c
+#: The device's name for a published version's release record: the same class the
+#: publisher writes (``bentos.channel_layout.Release``), so both sides parse one format.
+Candidate = Release
 
 
 @dataclass(frozen=True)
@@ -142,20 +113,7 @@ def _order(c: Candidate) -> tuple[int, str]:
 def candidates_from_targets(targets: Mapping[str, Any]) -> tuple[list[Candidate], list[str]]:
     """Candidates from the ``manifest.json`` targets of a trusted targets map (path -> TargetFile).
 
-    Returns the candidates and one line per skipped malformed entry.
+    Returns the candidates and one line per skipped malformed entry; the parsing and the
+    path check are ``channel_layout.releases_in``, which the publisher reads with too.
     """
-    out, skipped = [], []
-    for path, tf in targets.items():
-        custom = getattr(tf, "custom", None)
-        if not path.endswith("/manifest.json") or not isinstance(custom, Mapping) or CUSTOM not in custom:
-            continue
-        try:
-            c = Candidate.from_custom(custom)
-        except FormatError as exc:
-            skipped.append(f"{path}: {exc}")
-            continue
-        if path != f"{c.model}/{c.version}/manifest.json":
-            skipped.append(f"{path}: metadata names {c.key}, which is not where it is published")
-            continue
-        out.append(c)
-    return out, skipped
+    return releases_in(targets)

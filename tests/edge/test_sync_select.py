@@ -1,4 +1,5 @@
-"""The pure parts of the sync agent: version selection, the cycle table, backoff, the pointer."""
+"""The pure parts of the sync agent: version selection and the pointer (the cycle itself:
+test_sync_machine.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bentoedge.edge.state import Pointer
-from bentoedge.edge.sync import machine, select
-from bentoedge.edge.sync.machine import Outcome, Result, Stage
+from bentoedge.edge.sync import select
 
 names = st.sampled_from(["tiny", "digits"])
 versions = st.from_regex(r"v[0-9]{1,3}", fullmatch=True)
@@ -95,52 +95,6 @@ def test_candidate_published_at_another_path_is_skipped() -> None:
     assert good == [] and "not where it is published" in skipped[0]
 
 
-def test_cycle_table() -> None:
-    stage: Stage | Result = Stage.REFRESH
-    seen = []
-    while isinstance(stage, Stage):
-        seen.append(stage)
-        stage = machine.next_stage(stage, Outcome.OK)
-    assert stage is Result.UPDATED and seen == list(Stage)
-    assert machine.next_stage(Stage.SELECT, Outcome.NOTHING) is Result.UP_TO_DATE
-    for s in Stage:
-        assert machine.next_stage(s, Outcome.TRANSIENT) is Result.ERROR
-        assert machine.next_stage(s, Outcome.REJECTED) is Result.REFUSED
-    with pytest.raises(ValueError):
-        machine.next_stage(Stage.DOWNLOAD, Outcome.NOTHING)
-    assert not machine.records_failure(Stage.REFRESH, Outcome.REJECTED)
-    assert machine.records_failure(Stage.HEALTH, Outcome.REJECTED)
-    assert not machine.records_failure(Stage.DOWNLOAD, Outcome.TRANSIENT)
-
-
-def test_classify() -> None:
-    from tuf.api import exceptions as tx
-
-    from bentoedge.bentos.errors import HealthCheckError, SignatureError
-
-    assert machine.classify(Stage.REFRESH, tx.ExpiredMetadataError("x")) is Outcome.DISTRUSTED
-    assert machine.classify(Stage.REFRESH, tx.DownloadError("x")) is Outcome.TRANSIENT
-    # A mirror's bad bytes are refused but never blamed on the signed version.
-    assert machine.classify(Stage.DOWNLOAD, tx.LengthOrHashMismatchError("x")) is Outcome.TRANSIENT
-    assert machine.classify(Stage.DOWNLOAD, tx.DownloadLengthMismatchError("x")) is Outcome.TRANSIENT
-    assert machine.classify(Stage.REFRESH, tx.DownloadLengthMismatchError("x")) is Outcome.DISTRUSTED
-    assert machine.classify(Stage.VERIFY, SignatureError("x")) is Outcome.REJECTED
-    assert machine.classify(Stage.HEALTH, HealthCheckError("x")) is Outcome.REJECTED
-    assert machine.classify(Stage.INSTALL, OSError(28, "No space left on device")) is Outcome.TRANSIENT
-    assert machine.classify(Stage.HEALTH, RuntimeError("our bug")) is Outcome.TRANSIENT
-
-
-@given(st.floats(1, 3600), st.integers(0, 50), st.floats(0, 1))
-def test_delay_is_jittered_and_backs_off_within_bounds(poll: float, errors: int, rand: float) -> None:
-    d = machine.next_delay(poll, errors, rand)
-    if errors == 0:
-        assert 0.9 * poll - 1e-9 <= d <= 1.1 * poll + 1e-9
-    else:
-        cap = min(poll, 5.0 * 2 ** min(errors - 1, 20))
-        assert cap / 2 - 1e-9 <= d <= cap + 1e-9
-        assert d <= machine.next_delay(poll, errors + 1, 1.0) + 1e-9
-
-
 @given(st.lists(versions, max_size=6))
 def test_pointer_keeps_active_and_one_previous(history: list[str]) -> None:
     p = Pointer()
@@ -161,16 +115,3 @@ def test_a_pin_holds_even_when_this_device_may_not_take_the_pinned_version() -> 
                         failed=frozenset({"m:v2"}))
     choice = select.choose([cand("v1", 1, False), cand("v2", 2, True), cand("v3", 3, False)], dev)
     assert choice.candidate is None and "m:v2 failed on this device before" in choice.reason
-
-
-@given(st.sampled_from([None, "updated", "up_to_date", "error", "refused"]), st.booleans(), st.binary(max_size=8),
-       st.binary(max_size=8), st.integers(-10, 5000), st.integers(-10, 5000))
-def test_a_poll_stops_after_one_get_only_when_nothing_can_have_changed(
-        last: str | None, refreshed: bool, trusted: bytes, fetched: bytes, age: int, expires_in: int) -> None:
-    from bentoedge.edge.sync.machine import FULL_REFRESH_S, Verified, timestamp_unchanged
-
-    now = 1_000_000.0
-    verified = Verified(trusted, now - age, now + expires_in) if refreshed else None
-    quick = timestamp_unchanged(last, verified, fetched, now)
-    assert quick == (last in ("updated", "up_to_date") and refreshed and trusted == fetched
-                     and expires_in > 0 and 0 <= age < FULL_REFRESH_S)
