@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bentoedge.bentos.channel_layout import ARTIFACTS, NAME_RE
 from bentoedge.bentos.errors import FormatError
 
 FORMAT_ID = "bentoedge.sealed/1"
@@ -26,8 +27,7 @@ TARGETS = ("edge", "cloud")
 RUNTIMES = ("litert", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 ENCRYPTION_SCHEME = "aes256gcm-stream/1"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
-VERSION_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+VERSION_RE = NAME_RE  # versions follow the name rule: both are path segments
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
@@ -120,7 +120,7 @@ class Artifact:
             raise FormatError(f"artifact {art.id!r}: runtime must be one of {RUNTIMES}")
         if art.precision is not None and art.precision not in PRECISIONS:
             raise FormatError(f"artifact {art.id!r}: precision must be one of {PRECISIONS}")
-        if not art.file.startswith("artifacts/") or ".." in art.file or "/" in art.file[len("artifacts/"):]:
+        if not art.file.startswith(f"{ARTIFACTS}/") or ".." in art.file or "/" in art.file[len(ARTIFACTS) + 1:]:
             raise FormatError(f"artifact {art.id!r}: file must be a plain name under artifacts/")
         if art.encryption.get("scheme") != ENCRYPTION_SCHEME:
             raise FormatError(f"artifact {art.id!r}: unknown encryption scheme {art.encryption.get('scheme')!r}")
