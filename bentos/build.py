@@ -15,6 +15,10 @@ code use it in tests).  Both go through ``prepare``, which
 5. records golden samples (a few validation inputs and each artifact's own outputs) per
    target, and returns a ``SealRequest`` that ``bentos.sealed.seal`` writes atomically.
 
+Artifacts run through ``bentos.runtimes`` (via ``convert.tflite_runner``/``onnx_runner``),
+the same LiteRT and ONNX Runtime bindings the device and the cloud service serve with,
+so the golden outputs are recorded by the code that later checks them.
+
 Nothing is written to the store until every step passed, so a failed build leaves nothing.
 """
 

@@ -3,7 +3,9 @@
 The device agent (LiteRT) and the cloud service (ONNX Runtime) each decrypt the golden
 samples of their target, run them through the model they just loaded, and compare with
 the outputs that same artifact gave at build time, within the tolerance the build
-recorded in the manifest.  One function for both, so the rule cannot drift apart.
+recorded in the manifest.  One function for both, so the rule cannot drift apart; and
+the build recorded those outputs through the same runtime bindings (``bentos.runtimes``),
+so a mismatch means the model or the machine differs, not the glue code.
 """
 
 from __future__ import annotations

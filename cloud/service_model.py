@@ -10,9 +10,11 @@ Runtime keeps those bytes to rebuild the session on the CPU if the GPU fails, so
 live as long as the session.  Any failure is a ``BentoEdgeError`` whose one-line message the
 service logs before refusing to start.
 
-``CloudModel.predict`` maps manifest names onto the session's inputs/outputs (by name,
-or by position when an exporter renamed them) and is thread-safe: ONNX Runtime sessions
-accept concurrent ``run`` calls.
+``CloudModel.predict`` runs the ONNX Runtime binding (``bentos.runtimes.onnxruntime``):
+it maps manifest names onto the session's inputs/outputs (by name, or by position when
+an exporter renamed them) and is thread-safe, as ONNX Runtime sessions accept concurrent
+``run`` calls.  The build recorded the golden samples through the same binding, so the
+service checks the build's answers with the very same code.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from bentoedge.bentos.errors import HealthCheckError, KeyMissingError
 from bentoedge.bentos.keystore import LocalKeys, default_home
 from bentoedge.bentos.manifest import Artifact, Manifest
 from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.runtimes import SignatureMismatch
+from bentoedge.bentos.runtimes import onnxruntime as ort_binding
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.cloud.service_core import (
     CloudSettings,
@@ -77,9 +81,8 @@ def _kms_client() -> Any:
 
 
 def onnx_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
+    """The ONNX Runtime execution providers on this machine (placement picks from them)."""
+    return ort_binding.available_providers()
 
 
 class CloudModel:
@@ -87,38 +90,18 @@ class CloudModel:
 
     def __init__(self, manifest: Manifest, artifact: Artifact, model_bytes: bytes,
                  providers: tuple[str, ...], threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.manifest = manifest
         self.artifact = artifact
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=list(providers))
-        self.providers = tuple(self.session.get_providers())
-        sess_in = [i.name for i in self.session.get_inputs()]
-        sess_out = [o.name for o in self.session.get_outputs()]
-        want_in = [t.name for t in manifest.signature.inputs]
-        want_out = [t.name for t in manifest.signature.outputs]
-        if len(sess_in) != len(want_in) or len(sess_out) != len(want_out):
-            raise HealthCheckError(f"{artifact.id}: the ONNX graph's inputs/outputs do not match the manifest signature")
-        # Names match unless an exporter renamed them; converters keep the order.
-        self._in = {n: n for n in want_in} if set(sess_in) == set(want_in) else dict(zip(want_in, sess_in, strict=True))
-        self._out = want_out if set(sess_out) == set(want_out) else sess_out
-        self._out_names = want_out
-        self._types = {i.name: i.type for i in self.session.get_inputs()}
+        try:
+            self._model = ort_binding.OnnxModel(model_bytes, [t.name for t in manifest.signature.inputs],
+                                               [t.name for t in manifest.signature.outputs], providers, threads)
+        except SignatureMismatch:
+            raise HealthCheckError(f"{artifact.id}: the ONNX graph's inputs/outputs do not match the manifest signature") from None
+        self.session = self._model.session
+        self.providers = self._model.providers
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {self._in[k]: _cast(v, self._types[self._in[k]]) for k, v in inputs.items()}
-        values = self.session.run(self._out, feed)
-        return dict(zip(self._out_names, values, strict=True))
-
-
-def _cast(arr: np.ndarray, ort_type: str) -> np.ndarray:
-    # The fp16 artifact may take float16 inputs while the manifest speaks float32.
-    if ort_type == "tensor(float16)" and arr.dtype != np.float16:
-        return arr.astype(np.float16)
-    return arr
+        return self._model.run(inputs)
 
 
 @dataclass(frozen=True)

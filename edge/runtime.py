@@ -1,14 +1,14 @@
 """Running an edge artifact: a TFLite interpreter made from decrypted bytes, by input name.
 
-The interpreter comes from LiteRT (``ai_edge_litert``) when installed, ``tflite_runtime``
-otherwise (devices stuck on numpy < 2), and TensorFlow's as the last resort; all three
-take ``model_content`` bytes, so the plaintext model only ever lives in memory.
+The interpreter itself, and everything done with it per request (names onto tensor
+indices, resize if the shape changed, quantize, set, invoke, get, dequantize, replace it
+after a failed call), is the LiteRT binding in ``bentos.runtimes.litert``: the build
+recorded the golden samples through the same binding, so the device checks the build's
+answers with the very same code.  The plaintext model only ever lives in memory.
 
-``EdgeModel.predict`` maps the manifest's input and output names onto tensor indices
-once, then per request does what the raw runtime call does (resize if the shape changed,
-set, invoke, get), so its overhead over the floor is a few dictionary lookups.  A TFLite
-interpreter is not thread-safe: each model keeps a small pool of interpreters, one per
-worker, and a request borrows one for the duration of its call.
+``EdgeModel`` adds what serving needs on top: a TFLite interpreter is not thread-safe,
+so each model keeps a small pool of interpreters, one per worker, and a request borrows
+one for the duration of its call.
 
 ``load_edge_model`` and ``health_check`` are what the sync agent uses to bring a new
 version up and prove it before it serves.
@@ -17,56 +17,23 @@ version up and prove it before it serves.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
 from bentoedge.bentos import health
-from bentoedge.bentos.errors import ConversionError, HealthCheckError
+from bentoedge.bentos.errors import HealthCheckError
 from bentoedge.bentos.manifest import Artifact, Manifest
 from bentoedge.bentos.recipients import Keyring
+from bentoedge.bentos.runtimes import SignatureMismatch
+from bentoedge.bentos.runtimes.litert import LiteRTModel, interpreter_class
 from bentoedge.bentos.sealed import SealedModel
+
+__all__ = ["PRECISION_PREFERENCE", "EdgeModel", "choose_edge_artifact", "health_check", "interpreter_class",
+           "load_edge_model"]
 
 #: Which edge precision a device prefers when a sealed model carries several.
 PRECISION_PREFERENCE = ("int8", "dynamic", "fp16", "fp32")
-
-
-def interpreter_class() -> tuple[Callable[..., Any], str]:
-    """The best TFLite interpreter installed, and its name for status and logs."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter, "ai-edge-litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-
-        return Interpreter, "tflite-runtime"
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-
-        return tf.lite.Interpreter, "tensorflow"
-    except ImportError:
-        raise ConversionError(
-            "no TFLite runtime is installed: pip install 'bentoedge[edge]' (ai-edge-litert), "
-            "or tflite-runtime on numpy<2 devices") from None
-
-
-@dataclass(frozen=True)
-class _Binding:
-    index: int
-    dtype: Any
-    scale: float
-    zero_point: int
-
-    @property
-    def quantized(self) -> bool:
-        return np.dtype(self.dtype).kind in "iu" and self.scale != 0.0
 
 
 class EdgeModel:
@@ -77,13 +44,15 @@ class EdgeModel:
         self.manifest = manifest
         self.artifact = artifact
         self.signature = manifest.signature
-        cls, self.runtime_name = interpreter_class()
         self.workers = max(1, workers)
-        # threads=0 (the config's "let the runtime decide") must reach the runtime as None.
-        num_threads = threads if threads and threads > 0 else None
-        self._new_slot = lambda: _Slot(cls(model_content=model_bytes, num_threads=num_threads), manifest)
-        self._pool: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-        slots = [self._new_slot() for _ in range(self.workers)]
+        in_names = [t.name for t in manifest.signature.inputs]
+        out_names = [t.name for t in manifest.signature.outputs]
+        try:
+            slots = [LiteRTModel(model_bytes, in_names, out_names, threads) for _ in range(self.workers)]
+        except SignatureMismatch:
+            raise HealthCheckError("the TFLite artifact's inputs/outputs do not match the manifest signature") from None
+        self.runtime_name = slots[0].runtime_name
+        self._pool: queue.SimpleQueue[LiteRTModel] = queue.SimpleQueue()
         for slot in slots:
             self._pool.put(slot)
         #: Input name -> the artifact's own shape signature (-1 = any size); the router
@@ -105,86 +74,11 @@ class EdgeModel:
         except queue.Empty:
             raise TimeoutError("no interpreter came free before the request's deadline") from None
         try:
+            # The binding replaces an interpreter a failed call may have broken before it
+            # raises, so the slot always goes back into the pool.
             return slot.run(inputs)
-        except Exception:
-            # A failed prepare or invoke can leave an interpreter unusable (tflite-runtime
-            # 2.14 segfaults on the next allocate): replace it rather than reuse it.
-            slot = self._replace(slot)
-            raise
         finally:
             self._pool.put(slot)
-
-    def _replace(self, broken: _Slot) -> _Slot:
-        try:
-            return self._new_slot()
-        except Exception:  # keep the pool full even if the rebuild fails; the next call will say
-            return broken
-
-
-class _Slot:
-    """One interpreter with the name -> tensor bindings resolved once."""
-
-    def __init__(self, interp: Any, manifest: Manifest) -> None:
-        self.interp = interp
-        interp.allocate_tensors()
-        in_details, out_details = self._details(interp, manifest)
-        self.inputs = {n: _bind(d) for n, d in in_details.items()}
-        self.outputs = {n: _bind(d) for n, d in out_details.items()}
-        self.shapes = {n: tuple(d["shape"]) for n, d in in_details.items()}
-        self.signature_shapes = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"]))
-                                 for n, d in in_details.items()}
-
-    @staticmethod
-    def _details(interp: Any, manifest: Manifest) -> tuple[dict[str, Any], dict[str, Any]]:
-        in_names = [t.name for t in manifest.signature.inputs]
-        out_names = [t.name for t in manifest.signature.outputs]
-        sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
-        if sigs:
-            runner = interp.get_signature_runner(next(iter(sigs)))
-            ins, outs = runner.get_input_details(), runner.get_output_details()
-            if set(ins) == set(in_names) and set(outs) == set(out_names):
-                return ins, outs
-        # No usable signature: match by position, as converters keep the source's order.
-        ins_l, outs_l = interp.get_input_details(), interp.get_output_details()
-        if len(ins_l) != len(in_names) or len(outs_l) != len(out_names):
-            raise HealthCheckError("the TFLite artifact's inputs/outputs do not match the manifest signature")
-        return dict(zip(in_names, ins_l, strict=True)), dict(zip(out_names, outs_l, strict=True))
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        interp = self.interp
-        resized = False
-        for name, arr in inputs.items():
-            if self.shapes[name] != arr.shape:
-                interp.resize_tensor_input(self.inputs[name].index, arr.shape, strict=False)
-                self.shapes[name] = arr.shape
-                resized = True
-        if resized:
-            interp.allocate_tensors()
-        for name, arr in inputs.items():
-            b = self.inputs[name]
-            if b.quantized:
-                arr = np.clip(np.round(arr / b.scale + b.zero_point), *_limits(b.dtype)).astype(b.dtype)
-            elif arr.dtype != b.dtype:
-                arr = arr.astype(b.dtype)
-            interp.set_tensor(b.index, arr)
-        interp.invoke()
-        out = {}
-        for name, b in self.outputs.items():
-            value = interp.get_tensor(b.index)
-            if b.quantized:
-                value = (value.astype(np.float32) - b.zero_point) * b.scale
-            out[name] = value
-        return out
-
-
-def _bind(d: Mapping[str, Any]) -> _Binding:
-    scale, zero = d.get("quantization", (0.0, 0))
-    return _Binding(int(d["index"]), d["dtype"], float(scale), int(zero))
-
-
-def _limits(dtype: Any) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max)
 
 
 def choose_edge_artifact(manifest: Manifest, preference: tuple[str, ...] = PRECISION_PREFERENCE) -> Artifact | None:

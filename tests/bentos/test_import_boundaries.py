@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "keras", "tf2onnx")
 PURE_BENTOS = ("errors", "manifest", "aead", "signing", "recipients", "keystore", "sealed", "golden", "api",
-               "quality", "datasets", "store", "convert", "build")
+               "quality", "datasets", "store", "convert", "convert.common", "convert.sources", "convert.tflite",
+               "convert.onnx", "convert.runners", "build", "health", "runtimes", "runtimes.litert",
+               "runtimes.onnxruntime")
 
 SCRIPT = f"""
 import importlib, importlib.abc, pkgutil, sys

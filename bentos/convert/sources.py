@@ -1,0 +1,210 @@
+"""Opening a source model and reading its I/O signature.
+
+Sources are Keras files (``.keras``, ``.h5``), TensorFlow SavedModel folders, ``.onnx``
+and ``.tflite`` files.  ``open_source`` reads one into a ``Source``: what kind it is, its
+SHA-256 (recorded in the manifest), the ``Signature`` (input and output names, dtypes,
+shapes) every artifact built from it will carry, and a handle the converters
+(``convert.tflite``, ``convert.onnx``) and the float reference (``convert.runners``) use.
+
+Anything wrong with the source itself is a SourceError naming the file.  TensorFlow and
+onnx are imported only when a source of their kind is opened; a ``.tflite`` source is
+read with the same LiteRT binding (``bentos.runtimes.litert``) devices run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bentoedge.bentos.convert.common import first_line, onnx, tf
+from bentoedge.bentos.errors import BentoEdgeError, SourceError
+from bentoedge.bentos.manifest import DTYPES, Signature, TensorSpec
+from bentoedge.bentos.runtimes import litert
+
+KINDS = ("keras", "savedmodel", "onnx", "tflite")
+
+
+def detect_kind(path: Path) -> str:
+    """Which of ``KINDS`` the file or folder at ``path`` is, from its suffix or contents."""
+    if not path.exists():
+        raise SourceError(f"model source {path} does not exist")
+    if path.is_dir():
+        if (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists():
+            return "savedmodel"
+        raise SourceError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+    suffix = path.suffix.lower()
+    kinds = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".onnx": "onnx", ".tflite": "tflite"}
+    if suffix not in kinds:
+        raise SourceError(f"unsupported model file {path.name!r}: give a .keras, .h5, .onnx or .tflite file "
+                          "or a SavedModel folder")
+    return kinds[suffix]
+
+
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files with their relative names (so renames count)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Source:
+    """An opened source model: what it is, its I/O signature and a handle to run it."""
+
+    path: Path
+    kind: str
+    sha256: str
+    signature: Signature
+    handle: Any  # keras.Model | loaded SavedModel | bytes (onnx, tflite)
+    tflite_precision: str | None = None  # for .tflite sources: what the file already is
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "file": self.path.name, "sha256": self.sha256}
+
+
+def open_source(path: Path) -> Source:
+    """Open the model at ``path`` and work out its signature; SourceError if it cannot be."""
+    path = Path(path)
+    kind = detect_kind(path)
+    digest = source_sha256(path)
+    if kind == "keras":
+        model = _load_keras(path)
+        return Source(path, kind, digest, _keras_signature(model), model)
+    if kind == "savedmodel":
+        loaded, sig = _load_savedmodel(path)
+        return Source(path, kind, digest, sig, loaded)
+    data = path.read_bytes()
+    if kind == "onnx":
+        return Source(path, kind, digest, onnx_signature(data), data)
+    sig, precision = tflite_signature(data)
+    return Source(path, kind, digest, sig, data, tflite_precision=precision)
+
+
+def _load_keras(path: Path) -> Any:
+    tf()
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
+        raise SourceError(f"cannot load Keras model {path.name}: {first_line(exc)}") from None
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(np.dtype(getattr(dtype, "as_numpy_dtype", dtype)))
+    if name not in DTYPES:
+        raise SourceError(f"unsupported tensor dtype {name}; bentoedge handles {', '.join(DTYPES)}")
+    return name
+
+
+def _shape(dims: Any) -> tuple[int | None, ...]:
+    return tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in dims)
+
+
+def _keras_signature(model: Any) -> Signature:
+    inputs = tuple(TensorSpec(_tensor_name(t), _dtype_name(t.dtype), _shape(t.shape)) for t in model.inputs)
+    names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
+    outputs = tuple(TensorSpec(n, _dtype_name(t.dtype), _shape(t.shape))
+                    for n, t in zip(names, model.outputs, strict=True))
+    return _checked(Signature(inputs, outputs))
+
+
+def _tensor_name(t: Any) -> str:
+    return str(t.name).split(":")[0]
+
+
+def _checked(sig: Signature) -> Signature:
+    # The manifest's own parser is the rule for what a signature may be: round-trip through it.
+    try:
+        return Signature.from_dict(sig.to_dict())
+    except Exception as exc:
+        raise SourceError(f"the model's inputs/outputs cannot be described: {exc}") from None
+
+
+def _load_savedmodel(path: Path) -> tuple[Any, Signature]:
+    tf_mod = tf()
+    try:
+        loaded = tf_mod.saved_model.load(str(path))
+    except Exception as exc:
+        raise SourceError(f"cannot load SavedModel {path}: {first_line(exc)}") from None
+    fn = loaded.signatures.get("serving_default")
+    if fn is None:
+        raise SourceError(f"SavedModel {path} has no 'serving_default' signature; export one with named outputs")
+    in_specs = fn.structured_input_signature[1]
+    outs = fn.structured_outputs
+    inputs = tuple(TensorSpec(n, _dtype_name(s.dtype), _shape(s.shape.as_list())) for n, s in in_specs.items())
+    outputs = tuple(TensorSpec(n, _dtype_name(s.dtype), _shape(s.shape.as_list())) for n, s in outs.items())
+    return loaded, _checked(Signature(inputs, outputs))
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 3: "int8", 2: "uint8", 5: "int16", 6: "int32",
+                7: "int64", 9: "bool"}
+
+
+def onnx_signature(data: bytes) -> Signature:
+    """The signature of an ONNX model (initializers are not inputs); SourceError if invalid."""
+    onnx_mod = onnx()
+    try:
+        model = onnx_mod.load_model_from_string(data)
+        onnx_mod.checker.check_model(model)
+    except Exception as exc:
+        raise SourceError(f"not a valid ONNX model: {first_line(exc)}") from None
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        if t.elem_type not in _ONNX_DTYPES:
+            raise SourceError(f"ONNX tensor {v.name!r} has an unsupported element type {t.elem_type}")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return TensorSpec(v.name, _ONNX_DTYPES[t.elem_type], dims)
+
+    inputs = tuple(spec(v) for v in model.graph.input if v.name not in inits)
+    outputs = tuple(spec(v) for v in model.graph.output)
+    return _checked(Signature(inputs, outputs))
+
+
+def open_tflite(data: bytes) -> Any:
+    """A LiteRT interpreter over ``data``; SourceError if the bytes are not a TFLite model."""
+    try:
+        return litert.load_interpreter(bytes(data))
+    except BentoEdgeError:  # no runtime installed: say what to install, not "invalid model"
+        raise
+    except Exception as exc:
+        raise SourceError(f"not a valid TFLite model: {first_line(exc)}") from None
+
+
+def tflite_signature(data: bytes) -> tuple[Signature, str]:
+    """The signature of a TFLite model (its signature's names, else tensor names) and its precision."""
+    interp = open_tflite(data)
+    ins, outs, _ = litert.io_details(interp)
+
+    def spec(name: str, d: Mapping[str, Any]) -> TensorSpec:
+        dims = d.get("shape_signature", d["shape"])
+        return TensorSpec(name, _dtype_name(d["dtype"]), _shape([int(x) for x in dims]))
+
+    sig = _checked(Signature(tuple(spec(n, d) for n, d in ins.items()), tuple(spec(n, d) for n, d in outs.items())))
+    return sig, tflite_precision(interp)
+
+
+def tflite_precision(interp: Any) -> str:
+    """What a converted TFLite model is: fp32, fp16, dynamic (int8 weights) or int8 (integer ops)."""
+    types = [np.dtype(d["dtype"]) for d in interp.get_tensor_details()]
+    has_f16 = any(t == np.float16 for t in types)
+    n_int8 = sum(t == np.int8 for t in types)
+    n_f32 = sum(t == np.float32 for t in types)
+    if n_int8 and n_int8 >= n_f32:
+        return "int8"
+    if n_int8:
+        return "dynamic"
+    return "fp16" if has_f16 else "fp32"
