@@ -6,7 +6,9 @@ benchmark process, the agent would share a heap with TensorFlow and Keras (hundr
 thousands of objects that every full garbage collection walks: a JSON request for a
 96x96x3 image then had a p99 of 100-300 ms) and share the GIL with its own load
 generator.  This script loads one sealed model the way the agent does (decrypted in
-memory with the local KEK) and serves ``AgentServer`` on loopback until it is terminated.
+memory with the local KEK) and serves the agent's local API, wired by ``edge.wiring.wire``
+as ``agent run`` wires it (without the sync loop: there is no channel), on loopback until
+it is terminated.
 
     python -m bench.agent_process SEALED_DIR KEYS_HOME CONFIG_JSON
     -> prints "ready PORT" on stdout once it listens
@@ -32,7 +34,7 @@ from bentoedge.bentos.sealed import SealedModel  # noqa: E402
 from bentoedge.edge.active import ActiveModel  # noqa: E402
 from bentoedge.edge.config import AgentConfig, Limits  # noqa: E402
 from bentoedge.edge.runtime import load_edge_model  # noqa: E402
-from bentoedge.edge.server import AgentServer  # noqa: E402
+from bentoedge.edge.wiring import wire  # noqa: E402
 
 BENCH_LIMITS: dict[str, Any] = {"max_batch": 64, "max_payload_bytes": 16 << 20, "max_inflight": 64,
                                 "latency_budget_ms": 1e6}
@@ -52,8 +54,9 @@ def main(argv: list[str]) -> int:
                           **settings.get("limits", {}))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with AgentServer(config, ActiveModel(model)) as agent:
-        print(f"ready {agent.port}", flush=True)
+    with wire(config, active=ActiveModel(model), sync=False, serve=True) as wired:
+        wired.server.start()
+        print(f"ready {wired.server.port}", flush=True)
         while not stop.wait(0.5):
             pass
     return 0

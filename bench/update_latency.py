@@ -1,12 +1,13 @@
 """Benchmark: from publish to serving on a device, over HTTP on loopback.
 
 A folder channel is served by a loopback HTTP server thread (with Range support, like S3
-or a CDN); a device polls it through the real ``HttpFetcher``.  For a ~4 MB edge
-artifact (a real fp32 TFLite model) we time each publish and each update cycle, stage by
-stage (refresh, select, download, verify, install, health = decrypt + load + golden
-samples, swap, commit), and the cost of a poll that finds nothing new: requests, bytes
-and which paths it touched.  Goal: median publish-to-serving under 2 s; a no-update poll
-of one small GET of timestamp metadata (plus ngclient's probe for a newer root).
+or a CDN); a device agent, wired by ``edge.wiring.wire`` as ``agent run`` wires it, polls
+it through the real ``HttpFetcher``.  For a ~4 MB edge artifact (a real fp32 TFLite
+model) we time each publish and each update cycle, stage by stage (refresh, select,
+download, verify, install, health = decrypt + load + golden samples, swap, commit), and
+the cost of a poll that finds nothing new: requests, bytes and which paths it touched.
+Goal: median publish-to-serving under 2 s; a no-update poll of one small GET of
+timestamp metadata (plus ngclient's probe for a newer root).
 
     python -m bench.update_latency [--quick]   ->  bench/results/update_latency.json
 """
@@ -28,7 +29,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bentoedge.cloud.channel import Channel  # noqa: E402
-from bentoedge.edge.sync import SyncAgent  # noqa: E402
+from bentoedge.edge.sync.machine import Result, Stage  # noqa: E402
+from bentoedge.edge.wiring import wire  # noqa: E402
 from tests.sync_support import RangeHandler, make_device, seal_tiny, serve_folder, signer_pub  # noqa: E402
 
 
@@ -91,16 +93,17 @@ def main(argv: list[str] | None = None) -> None:
             artifact = sealed[0].manifest.artifact("edge-fp32").size
             ch.publish(sealed[0])
             runs: list[dict[str, Any]] = []
-            with SyncAgent(dev.config, dev.active) as agent:
+            with wire(dev.config, active=dev.active) as wired:
+                agent = wired.agent
                 first = agent.sync_once()
-                assert first.result == "updated", first
+                assert first.result is Result.UPDATED, first
                 for s in sealed[1:]:
                     t0 = time.perf_counter()
                     ch.publish(s)
                     published = time.perf_counter()
                     r = agent.sync_once()
                     done = time.perf_counter()
-                    assert r.result == "updated", r
+                    assert r.result is Result.UPDATED, r
                     runs.append({"version": s.manifest.version, "publish_s": published - t0,
                                  "publish_to_serving_s": done - published, "requests": r.requests,
                                  "bytes": r.bytes, **{f"{k}_s": v for k, v in r.stages.items()}})
@@ -110,12 +113,12 @@ def main(argv: list[str] | None = None) -> None:
                     t0 = time.perf_counter()
                     r = agent.sync_once()
                     poll_times.append(time.perf_counter() - t0)
-                    assert r.result == "up_to_date", r
+                    assert r.result is Result.UP_TO_DATE, r
                     poll_req.append(r.requests)
                     poll_bytes.append(r.bytes)
                 paths = {p: n // polls for p, n in RangeHandler.counts.items()}
     latency = [r["publish_to_serving_s"] for r in runs]
-    stages = ["refresh", "select", "download", "verify", "install", "health", "swap", "commit"]
+    stages = [stage.value for stage in Stage]
     result = {
         "transport": "http (loopback, stdlib server with Range)",
         "artifact_bytes": artifact,

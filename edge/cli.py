@@ -1,8 +1,9 @@
 """``bentoedge agent ...``: provision a device, run one update cycle, show status, run.
 
 Imports only what a device has (``bentoedge[edge]``): no TensorFlow, BentoML or boto3
-at import time.  ``agent run`` serves the local API (``edge.server.AgentServer``) and runs
-the sync loop in the same process until SIGTERM or Ctrl-C.
+at import time.  ``agent sync`` and ``agent run`` get their parts from ``edge.wiring.wire``;
+``agent run`` serves the local API (``edge.server.AgentServer``) and runs the sync loop in
+the same process until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata
 
-from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError
+from bentoedge.bentos.errors import ChannelError, KeyMissingError
 from bentoedge.bentos.keystore import default_home, load_ed25519_public, write_private
 from bentoedge.edge import config as agent_config
-from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.fetchers import fetcher_for
 from bentoedge.edge.state import DeviceState
 
@@ -118,7 +118,7 @@ def sync(config_path: Path | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from bentoedge.edge.sync import SyncAgent
+    from bentoedge.edge.wiring import wire
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
@@ -130,14 +130,14 @@ def sync(config_path: Path | None, as_json: bool) -> None:
             task = bars.add_task(path, total=total, completed=have)
             return lambda n: bars.advance(task, n)
 
-        with SyncAgent(cfg, ActiveModel(), progress=on_file) as ag:
-            ag.start_up()
-            r = ag.sync_once()
+        with wire(cfg, progress=on_file) as wired:
+            wired.agent.start_up()
+            r = wired.agent.sync_once()
     if as_json:
-        click.echo(json.dumps({"result": r.result, "version": r.version, "reason": r.reason,
+        click.echo(json.dumps({"result": r.result.value, "version": r.version, "reason": r.reason,
                                "stages": dict(r.stages), "requests": r.requests, "bytes": r.bytes}))
     else:
-        click.echo(f"{r.result}: {r.reason}")
+        click.echo(f"{r.result.value}: {r.reason}")
     sys.exit(0 if r.ok else 1)
 
 
@@ -171,11 +171,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
 @click.option("--port", type=int, default=None, help="Override the local API port.")
 def run(config_path: Path | None, port: int | None) -> None:
     """Run the sync loop and the local prediction API until SIGTERM or Ctrl-C."""
-    from bentoedge.edge.sync import SyncAgent
+    from bentoedge.edge.wiring import wire
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = agent_config.with_overrides(_load(config_path), port=port)
-    active = ActiveModel()
     stop = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
@@ -183,26 +182,17 @@ def run(config_path: Path | None, port: int | None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with SyncAgent(cfg, active) as ag:
-        ag.start_up()
-        server = _server(cfg, active, ag.status)
-        if server is not None:
-            server.start()
-            click.echo(f"serving on {server.url}", err=True)
-        loop = threading.Thread(target=ag.run_forever, args=(stop,), name="bentoedge-sync", daemon=True)
+    with wire(cfg, serve=True) as wired:
+        wired.agent.start_up()
+        wired.server.start()
+        click.echo(f"serving on {wired.server.url}", err=True)
+        loop = threading.Thread(target=wired.agent.run_forever, args=(stop,), name="bentoedge-sync", daemon=True)
         loop.start()
         try:
             while not stop.wait(0.5):
                 pass
         finally:
-            if server is not None:
-                server.stop()
+            # Stop answering first, then give a cycle in flight time to finish; leaving the
+            # ``with`` releases the state folder once nothing uses it.
+            wired.server.stop()
             loop.join(timeout=30)
-
-
-def _server(cfg: agent_config.AgentConfig, active: ActiveModel, status_provider: Any) -> Any:
-    from bentoedge.edge.server import AgentServer
-
-    if not cfg.state_dir.exists():
-        raise ConfigError(f"state folder {cfg.state_dir} is missing; run 'bentoedge agent init'")
-    return AgentServer(cfg, active, status_provider=status_provider)

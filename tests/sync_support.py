@@ -4,6 +4,8 @@ Models are sealed with the real ``bentos.sealed.seal`` around a real 1 KB TFLite
 (``tests/data/sync_tiny_fp32.tflite``: softmax(x @ W + b), x of shape [n, 4]), with golden
 samples computed by the real LiteRT interpreter, so the agent's health check is genuine.
 ``broken_golden=True`` seals expected outputs that are off, so the health check fails.
+A ``Device`` is what ``agent init`` leaves behind; ``Device.agent()`` gets its sync agent
+from ``edge.wiring.wire``, the same wiring ``agent run`` uses.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from bentoedge.bentos.signing import raw_public
 from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.config import AgentConfig
 from bentoedge.edge.runtime import interpreter_class
+from bentoedge.edge.sync.agent import CrashHook, SyncAgent
+from bentoedge.edge.sync.download import DownloadProgress
+from bentoedge.edge.wiring import wire
 
 TINY = Path(__file__).parent / "data" / "sync_tiny_fp32.tflite"
 SIG = Signature((TensorSpec("x", "float32", (None, 4)),), (TensorSpec("y", "float32", (None, 3)),))
@@ -76,6 +81,12 @@ class Device:
     key: X25519PrivateKey
     pub_pem: bytes
     active: ActiveModel
+
+    def agent(self, config: AgentConfig | None = None, *, crash: CrashHook | None = None,
+              progress: DownloadProgress | None = None) -> SyncAgent:
+        """This device's sync agent serving into ``active``, wired as on a device (``config``
+        replaces the device's, e.g. to divert its channel); use it in a ``with``."""
+        return wire(config or self.config, active=self.active, crash=crash, progress=progress).agent
 
 
 def make_device(state: Path, channel_url: str, root: bytes, signer_pub: bytes, device_id: str = "dev-1",

@@ -1,42 +1,41 @@
 """The sync agent: pull, verify, health-check and activate signed updates on a device.
 
-The imperative shell around three pure parts: ``select.choose`` (which version),
-``machine`` (what each stage's outcome leads to) and ``state.Pointer`` (what is active).
-TUF metadata comes through ``tuf.ngclient.Updater`` bootstrapped from the root embedded
-at provisioning; every byte comes through one ``edge.fetchers`` fetcher.
+The imperative shell around pure parts, split the way python-tuf splits its updater:
+``select.choose`` (which version), ``machine`` (where each stage's outcome leads, and what
+a failure undoes), ``state.Pointer`` (what is active).  TUF metadata comes through an
+ngclient ``Updater`` bootstrapped from the root embedded at provisioning, reached only
+through ``tuf_access``; every byte comes through one ``edge.fetchers`` fetcher, and
+targets through ``download`` (resumable).  ``edge.wiring`` builds an agent for the CLI,
+the bench and the tests.
 
 One cycle: refresh -> select -> download (resumable, into STATE/staging) -> verify (TUF
 hashes, manifest signature against ``config.trusted_signers``, compatibility) -> install
 (one rename into STATE/versions) -> health (decrypt in memory, run the golden samples) ->
 swap (``ActiveModel.swap``: in-flight requests finish on the old model) -> commit (pointer
-replaced atomically).  A failure at any stage leaves the previous model serving.
+replaced atomically).  A failure at any stage leaves the previous model serving.  What a
+cycle has found and done so far travels between stages as one frozen ``Cycle`` record.
 
-Test hook (tests only): ``BENTOEDGE_TEST_CRASH_AT=<stage>`` makes the process SIGKILL
-itself right after that stage (or ``download-chunk``: mid-download; ``health-check``:
-during the check), so crash tests can
-prove a restart always finds a whole, valid active version.
+Crash hook (tests only): ``crash(point)`` is called right after each stage (its name), in
+the health check once the model is loaded (``health-check``) and mid-download
+(``download-chunk``), so crash tests can kill the process there and prove a restart always
+finds a whole, valid active version.  No hook by default.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import Metadata, TargetFile
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient import Updater
 
 from bentoedge.bentos.errors import (
     ChannelError,
@@ -54,17 +53,19 @@ from bentoedge.edge.active import ActiveModel, ServingModel
 from bentoedge.edge.config import AgentConfig
 from bentoedge.edge.fetchers import CountingFetcher, fetcher_for
 from bentoedge.edge.state import DeviceState, Pointer
-from bentoedge.edge.sync import machine, select
+from bentoedge.edge.sync import download, machine, select, tuf_access
+from bentoedge.edge.sync.download import DownloadProgress
 from bentoedge.edge.sync.machine import Outcome, Result, Stage
 
 log = logging.getLogger("bentoedge.sync")
 
 Loader = Callable[[SealedModel, Keyring, AgentConfig], ServingModel]
-#: ``progress(path, total_bytes, already_have)`` when a target download starts; returns a
-#: callback for each chunk's size (``bentoedge agent sync`` draws a bar with it).
-DownloadProgress = Callable[[str, int, int], Callable[[int], None]]
-CRASH_ENV = "BENTOEDGE_TEST_CRASH_AT"
+#: ``crash(point)`` at each named point of a cycle (see the module docstring); tests only.
+CrashHook = Callable[[str], None]
 _FILE = re.compile(r"^(manifest\.json|manifest\.sig|keys\.json|artifacts/[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+
+__all__ = ["CrashHook", "Cycle", "DownloadProgress", "Loader", "SyncAgent", "SyncResult", "describe",
+           "load_and_check", "trusted_signers"]
 
 
 def load_and_check(sealed: SealedModel, keyring: Keyring, config: AgentConfig) -> ServingModel:
@@ -78,7 +79,9 @@ def load_and_check(sealed: SealedModel, keyring: Keyring, config: AgentConfig) -
 
 @dataclass(frozen=True)
 class SyncResult:
-    result: str  # updated | up_to_date | error | refused
+    """How one cycle ended, for ``agent sync``, the bench and the tests."""
+
+    result: Result
     version: str | None = None  # the version chosen (or active, when up to date)
     reason: str = ""
     stages: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
@@ -87,7 +90,28 @@ class SyncResult:
 
     @property
     def ok(self) -> bool:
-        return self.result in (Result.UPDATED.value, Result.UP_TO_DATE.value)
+        return self.result.ok
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """What one sync cycle has found and done so far.  Each stage returns a new record
+    instead of writing into a shared dict, so what a stage needs is named here and the
+    recovery after a failure sees exactly what had happened (``progress``)."""
+
+    updater: Updater | None = None  # refreshed: the metadata this cycle trusts
+    candidate: select.Candidate | None = None  # the version select chose
+    active_version: str | None = None  # serving when select ran (reported when up to date)
+    model: ServingModel | None = None  # the candidate, loaded and health-checked
+    replaced: ServingModel | None = None  # what served before the swap
+    struck: bool = False  # the health stage counted a strike against the candidate
+    committed: bool = False  # the pointer names the candidate
+
+    @property
+    def progress(self) -> machine.Progress:
+        return machine.Progress(candidate=self.candidate.key if self.candidate is not None else None,
+                                struck=self.struck, swapped=self.replaced is not None,
+                                committed=self.committed)
 
 
 def describe(exc: BaseException) -> str:
@@ -107,6 +131,7 @@ def _now() -> str:
 
 
 def trusted_signers(config: AgentConfig) -> dict[str, bytes]:
+    """The configured model signers' raw Ed25519 keys by key id."""
     out = {}
     for hexkey in config.trusted_signers:
         try:
@@ -118,21 +143,24 @@ def trusted_signers(config: AgentConfig) -> dict[str, bytes]:
 
 
 class SyncAgent:
-    """One device's update agent over its state folder (holds the folder's lock)."""
+    """One device's update agent over its state folder (holds the folder's lock).
 
-    def __init__(self, config: AgentConfig, active: ActiveModel, loader: Loader = load_and_check,
-                 fetcher: CountingFetcher | None = None, rand: Callable[[], float] = random.random,
-                 env: Mapping[str, str] = os.environ, clock: Callable[[], float] = time.time,
-                 progress: DownloadProgress | None = None) -> None:
+    ``fetcher`` and ``state`` default to the ones ``config`` names; ``edge.wiring.wire``
+    passes them explicitly.  ``clock`` is the wall clock, as TUF's expiry checks use it."""
+
+    def __init__(self, config: AgentConfig, active: ActiveModel, *, loader: Loader = load_and_check,
+                 fetcher: CountingFetcher | None = None, state: DeviceState | None = None,
+                 rand: Callable[[], float] = random.random, clock: Callable[[], float] = time.time,
+                 progress: DownloadProgress | None = None, crash: CrashHook | None = None) -> None:
         self.config = config
         self.active = active
         self.loader = loader
-        self.state = DeviceState(config.state_dir)
-        self.fetcher = fetcher or fetcher_for(config.channel)
+        self.state = state if state is not None else DeviceState(config.state_dir)
+        self.fetcher = fetcher if fetcher is not None else fetcher_for(config.channel)
         self.rand = rand
-        self.env = env
-        self.clock = clock  # the wall clock, as TUF's expiry checks use it
+        self.clock = clock
         self.progress = progress
+        self.crash = crash
         self._lock = threading.Lock()
         self.state.lock()
         self._keyring: Keyring | None = None
@@ -173,6 +201,10 @@ class SyncAgent:
         except OSError as exc:  # a full disk must not stop serving; the in-memory status still says it
             log.warning("cannot write %s: %s", self.state.status_file, exc)
 
+    def _last_result(self) -> Result | None:
+        last = self._status.get("last_result")
+        return Result(last) if last is not None else None
+
     # ---- keys and TUF ------------------------------------------------------------------------
 
     def keyring(self) -> Keyring:
@@ -193,12 +225,12 @@ class SyncAgent:
             raise ConfigError(f"no trusted channel root at {self.state.root_file}; run 'bentoedge agent init'") from None
         base = self.config.channel.rstrip("/")
         self.state.ensure()
-        return Updater(str(self.state.tuf), f"{base}/metadata/", None, f"{base}/targets/",
-                       fetcher=self.fetcher, config=UpdaterConfig(), bootstrap=bootstrap)
+        return tuf_access.open_updater(self.state.tuf, f"{base}/metadata/", f"{base}/targets/", self.fetcher,
+                                       bootstrap)
 
-    def _crash_hook(self, point: str) -> None:
-        if self.env.get(CRASH_ENV) == point:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _crash(self, point: str) -> None:
+        if self.crash is not None:
+            self.crash(point)
 
     # ---- start-up with rollback ---------------------------------------------------------------
 
@@ -254,124 +286,130 @@ class SyncAgent:
         """Run one cycle; never raises for an update failure (it is recorded instead)."""
         req0, bytes0 = self.fetcher.requests, self.fetcher.bytes
         timings: dict[str, float] = {}
-        ctx: dict[str, Any] = {}
+        cycle = Cycle()
         stage: Stage | Result = Stage.REFRESH
         reason = ""
         while isinstance(stage, Stage):
             t0 = time.perf_counter()
             try:
-                outcome, reason = self._run(stage, ctx)
+                # Three steps so that a failure mid-stage still leaves in ``cycle`` what the
+                # recovery must undo (a counted strike) or must not (a written pointer).
+                cycle = self._before(stage, cycle)
+                outcome, reason, cycle = self._run(stage, cycle)
+                self._after(stage, cycle)
             except Exception as exc:  # every failure is classified, logged and recorded
-                outcome, reason = machine.classify(stage, exc), f"{stage.value}: {describe(exc)}"
-                if stage is Stage.DOWNLOAD and outcome is Outcome.TRANSIENT and "candidate" in ctx:
-                    reason += f" ({ctx['candidate'].key} is not installed; retrying later)"
-                if machine.records_failure(stage, outcome) and "candidate" in ctx:
-                    cand: select.Candidate = ctx["candidate"]
-                    self.state.record_failure(cand.key, reason)
-                    self.state.discard(cand.version)
-                # Serving must match the persisted pointer: undo the swap unless it was committed.
-                if stage in (Stage.SWAP, Stage.COMMIT) and ctx.get("old") is not None and not ctx.get("committed"):
-                    self.active.swap(ctx["old"])
-                if ctx.pop("struck", False) and not ctx.get("committed"):
-                    self._take_back_strike(ctx["candidate"].key)
-                log.error("update %s at %s: %s", "refused" if outcome is not Outcome.TRANSIENT else "failed",
-                          stage.value, reason)
+                outcome = machine.classify(stage, exc)
+                fix = machine.recover(stage, outcome, cycle.progress, describe(exc))
+                reason = fix.reason
+                self._recover(fix, cycle)
+                log.error("update %s at %s: %s", fix.verb, stage.value, reason)
             timings[stage.value] = time.perf_counter() - t0
-            self._crash_hook(stage.value)
+            self._crash(stage.value)
             stage = machine.next_stage(stage, outcome)
-        chosen = ctx.get("candidate")
-        result = SyncResult(stage.value, chosen.version if chosen else ctx.get("active_version"), reason, timings,
+        chosen = cycle.candidate
+        result = SyncResult(stage, chosen.version if chosen else cycle.active_version, reason, timings,
                             self.fetcher.requests - req0, self.fetcher.bytes - bytes0)
-        errors = self._status["consecutive_errors"]
-        self._set_status(last_check=_now(), last_result=result.result,
+        self._set_status(last_check=_now(), last_result=stage.value,
                          last_error=None if result.ok else reason,
-                         consecutive_errors=0 if result.ok else errors + 1,
+                         consecutive_errors=machine.errors_after(stage, self._status["consecutive_errors"]),
                          **({"last_update": _now()} if stage is Result.UPDATED else {}))
         return result
 
-    def _run(self, stage: Stage, ctx: dict[str, Any]) -> tuple[Outcome, str]:
-        if stage is Stage.REFRESH:
-            if self._nothing_new():
-                return Outcome.NOTHING, "up to date (the channel's timestamp is unchanged)"
-            self._verified = None
-            ctx["updater"] = updater = self._updater()
-            updater.refresh()
-            self._verified = self._what_refresh_verified(updater)
-            return Outcome.OK, "refreshed"
-        if stage is Stage.SELECT:
-            return self._select(ctx)
-        cand: select.Candidate = ctx["candidate"]
-        if stage is Stage.DOWNLOAD:
-            self._download_all(ctx["updater"], cand)
-            return Outcome.OK, "downloaded"
-        if stage is Stage.VERIFY:
-            self._verify_staged(cand)
-            return Outcome.OK, "verified"
-        if stage is Stage.INSTALL:
-            self.state.install(cand.version)
-            return Outcome.OK, "installed"
-        if stage is Stage.HEALTH:
+    def _recover(self, fix: machine.Recovery, cycle: Cycle) -> None:
+        """Carry out what ``machine.recover`` decided."""
+        cand = cycle.candidate
+        if fix.refuse and cand is not None:
+            self.state.record_failure(cand.key, fix.reason)
+            self.state.discard(cand.version)
+        if fix.restore:
+            self.active.swap(cycle.replaced)
+        if fix.unstrike and cand is not None:
+            try:
+                self.state.unstrike(cand.key)
+            except OSError as exc:  # the failure being handled matters more than the count
+                log.warning("cannot update %s: %s", self.state.strikes_file, exc)
+
+    def _before(self, stage: Stage, cycle: Cycle) -> Cycle:
+        """What a stage records before its work, for the recovery to take back if it fails."""
+        if stage is Stage.HEALTH and cycle.candidate is not None:
             # Counted before the check runs; taken back when the check (or the swap and commit
             # after it) fails in a way the agent saw, and cleared at commit.  So only an agent
             # killed between here and the commit (by the new model, say) leaves a strike.
-            strikes = self.state.strike(cand.key)
-            if strikes > machine.MAX_HEALTH_STRIKES:
-                raise HealthCheckError(f"{cand.key} took the agent down {strikes - 1} times between its health "
-                                       "check and its commit")
-            ctx["struck"] = True
+            key = cycle.candidate.key
+            refusal = machine.strike_refusal(key, self.state.strike(key))
+            if refusal is not None:
+                raise HealthCheckError(refusal)
+            return replace(cycle, struck=True)
+        return cycle
+
+    def _run(self, stage: Stage, cycle: Cycle) -> tuple[Outcome, str, Cycle]:
+        if stage is Stage.REFRESH:
+            if self._nothing_new():
+                return Outcome.NOTHING, "up to date (the channel's timestamp is unchanged)", cycle
+            self._verified = None
+            fresh = self._updater()
+            fresh.refresh()
+            self._verified = self._what_refresh_verified(fresh)
+            return Outcome.OK, "refreshed", replace(cycle, updater=fresh)
+        if stage is Stage.SELECT:
+            return self._select(cycle)
+        cand, updater = cycle.candidate, cycle.updater
+        if cand is None or updater is None:
+            raise AssertionError(f"{stage.value} runs only after refresh and select chose a version")
+        if stage is Stage.DOWNLOAD:
+            self._download_all(updater, cand)
+            return Outcome.OK, "downloaded", cycle
+        if stage is Stage.VERIFY:
+            self._verify_staged(cand)
+            return Outcome.OK, "verified", cycle
+        if stage is Stage.INSTALL:
+            self.state.install(cand.version)
+            return Outcome.OK, "installed", cycle
+        if stage is Stage.HEALTH:
             sealed = self._open_verified(cand.version, cand)
-            ctx["model"] = self.loader(sealed, self.keyring(), self.config)
-            self._crash_hook("health-check")  # tests: a model that kills the agent mid-check
-            return Outcome.OK, "healthy"
+            model = self.loader(sealed, self.keyring(), self.config)
+            self._crash("health-check")  # tests: a model that kills the agent mid-check
+            return Outcome.OK, "healthy", replace(cycle, model=model)
         if stage is Stage.SWAP:
-            ctx["old"] = self.active.swap(ctx["model"])
-            return Outcome.OK, "swapped"
+            return Outcome.OK, "swapped", replace(cycle, replaced=self.active.swap(cycle.model))
         if stage is Stage.COMMIT:
-            p = self.state.pointer().activated(cand.model, cand.version)
-            self.state.set_pointer(p)
-            ctx["committed"] = True
-            self.state.clear_strikes(cand.key)
+            self.state.set_pointer(self.state.pointer().activated(cand.model, cand.version))
+            return Outcome.OK, f"now serving {cand.key} release {cand.release}", replace(cycle, committed=True)
+        raise AssertionError(stage)
+
+    def _after(self, stage: Stage, cycle: Cycle) -> None:
+        """Bookkeeping once a stage's effect is durable: after the commit, the strikes go."""
+        if stage is Stage.COMMIT and cycle.candidate is not None:
+            self.state.clear_strikes(cycle.candidate.key)
             try:
                 self.state.prune()
             except OSError as exc:  # old versions left on disk cost space, not correctness
                 log.warning("could not prune old versions: %s", exc)
-            log.info("now serving %s release %d", cand.key, cand.release)
-            return Outcome.OK, f"now serving {cand.key} release {cand.release}"
-        raise AssertionError(stage)
-
-    def _take_back_strike(self, key: str) -> None:
-        try:
-            self.state.unstrike(key)
-        except OSError as exc:  # the failure being handled matters more than the count
-            log.warning("cannot update %s: %s", self.state.strikes_file, exc)
+            log.info("now serving %s release %d", cycle.candidate.key, cycle.candidate.release)
 
     def _nothing_new(self) -> bool:
         """One small GET decides a poll with nothing new (see machine.timestamp_unchanged)."""
         if self._verified is None:
             return False
         url = f"{self.config.channel.rstrip('/')}/metadata/timestamp.json"
-        fetched = self.fetcher.download_bytes(url, UpdaterConfig().timestamp_max_length)
-        return machine.timestamp_unchanged(self._status.get("last_result"), self._verified, fetched, self.clock())
+        fetched = self.fetcher.download_bytes(url, tuf_access.TIMESTAMP_MAX_LENGTH)
+        return machine.timestamp_unchanged(self._last_result(), self._verified, fetched, self.clock())
 
     def _what_refresh_verified(self, updater: Updater) -> machine.Verified | None:
         """The timestamp bytes ngclient just verified and stored, and the earliest expiry of
         the metadata it now trusts; kept in memory, never trusted from disk later."""
-        trusted = updater._trusted_set  # see _select: ngclient has no public accessor
         try:
             timestamp = (self.state.tuf / "timestamp.json").read_bytes()
-            if Metadata.from_bytes(timestamp).signed.version != trusted.timestamp.version:
-                return None
-        except Exception:  # the refresh itself succeeded: the next poll simply runs in full
+        except OSError:  # the refresh itself succeeded: the next poll simply runs in full
             return None
-        expires = min(md.expires for md in (trusted.root, trusted.timestamp, trusted.snapshot, trusted.targets))
-        return machine.Verified(timestamp, self.clock(), expires.timestamp())
+        if not tuf_access.is_trusted_timestamp(updater, timestamp):
+            return None
+        return machine.Verified(timestamp, self.clock(), tuf_access.earliest_expiry(updater))
 
-    def _select(self, ctx: dict[str, Any]) -> tuple[Outcome, str]:
-        updater: Updater = ctx["updater"]
-        # ngclient offers no public listing of targets; the trusted set holds the targets
-        # metadata it just verified (signature, version, expiry, snapshot consistency).
-        targets = updater._trusted_set.targets.targets
-        cands, skipped = select.candidates_from_targets(targets)
+    def _select(self, cycle: Cycle) -> tuple[Outcome, str, Cycle]:
+        if cycle.updater is None:
+            raise AssertionError("select runs only after a refresh")
+        cands, skipped = select.candidates_from_targets(tuf_access.trusted_targets(cycle.updater))
         for line in skipped:
             log.warning("skipping %s", line)
         p = self.state.pointer()
@@ -382,13 +420,12 @@ class SyncAgent:
             active_model=current.name if current else p.model,
             active_release=current.manifest.release if current else None,
             failed=frozenset(self.state.failed()))
-        ctx["active_version"] = current.version if current else None
+        cycle = replace(cycle, active_version=current.version if current else None)
         choice = select.choose(cands, device)
         if choice.candidate is None:
-            return Outcome.NOTHING, choice.reason
-        ctx["candidate"] = choice.candidate
+            return Outcome.NOTHING, choice.reason, cycle
         log.info("update available: %s", choice.reason)
-        return Outcome.OK, choice.reason
+        return Outcome.OK, choice.reason, replace(cycle, candidate=choice.candidate)
 
     def _download_all(self, updater: Updater, cand: select.Candidate) -> None:
         prefix = f"{cand.model}/{cand.version}/"
@@ -403,60 +440,14 @@ class SyncAgent:
         staging = self.state.staging_dir(cand.version)
         self.state.restage(cand.version)  # installed by a cycle that ended before its commit
         self.state.prune(keep_staging=cand.version)  # an abandoned download of another version
+        targets_url = f"{self.config.channel.rstrip('/')}/targets/"
+        checkpoint = (lambda: self._crash("download-chunk")) if self.crash is not None else None
         for path, rel in zip(cand.files, rels, strict=True):
             info = updater.get_targetinfo(path)
             if info is None:
                 raise ChannelError(f"{path} is listed by {cand.key} but not signed in the targets metadata")
-            self._download(info, staging / rel)
-
-    def _download(self, info: TargetFile, dest: Path) -> None:
-        """Fetch one target into ``dest``, resuming a ``.part`` file, then check its TUF hashes."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():
-            try:
-                with open(dest, "rb") as f:
-                    info.verify_length_and_hashes(f)
-                return
-            except tuf_exc.LengthOrHashMismatchError:
-                dest.unlink()
-        # Named after the signed hash: a partial file of another publication of this path
-        # (say a republished keys.json) is never resumed into this one.
-        part = dest.with_name(f"{dest.name}.{info.hashes['sha256'][:16]}.part")
-        have = part.stat().st_size if part.exists() else 0
-        if have > info.length:
-            part.unlink()
-            have = 0
-        if have < info.length:
-            sha = info.hashes["sha256"]
-            dirname, sep, base = info.path.rpartition("/")
-            url = f"{self.config.channel.rstrip('/')}/targets/{dirname}{sep}{sha}.{base}"
-            chunks, start = self.fetcher.fetch_from(url, have)
-            advance = self.progress(info.path, info.length, start) if self.progress is not None else None
-            written = start
-            with open(part, "r+b" if start else "wb") as f:
-                f.truncate(start)  # the server resumes where it says it does, not where we hoped
-                f.seek(start)
-                for chunk in chunks:
-                    written += len(chunk)
-                    if written > info.length:  # endless data: stop at the signed length
-                        raise tuf_exc.DownloadLengthMismatchError(
-                            f"{info.path} is longer than its signed {info.length} bytes")
-                    f.write(chunk)
-                    if advance is not None:
-                        advance(len(chunk))
-                    if self.env.get(CRASH_ENV) == "download-chunk" and written >= min(info.length, 1 << 16):
-                        f.flush()
-                        os.fsync(f.fileno())
-                        self._crash_hook("download-chunk")
-                f.flush()
-                os.fsync(f.fileno())
-        try:
-            with open(part, "rb") as f:
-                info.verify_length_and_hashes(f)
-        except tuf_exc.LengthOrHashMismatchError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, dest)
+            download.fetch_target(self.fetcher, download.target_url(targets_url, info), info, staging / rel,
+                                  progress=self.progress, checkpoint=checkpoint)
 
     def _verify_staged(self, cand: select.Candidate) -> None:
         staged = self.state.staging_dir(cand.version)
@@ -476,8 +467,9 @@ class SyncAgent:
                 result = self.sync_once()
             except Exception as exc:  # configuration gone bad (keys, root): keep serving, keep trying
                 log.exception("sync cycle crashed: %s", exc)
-                self._set_status(last_check=_now(), last_result="error", last_error=str(exc),
-                                 consecutive_errors=self._status["consecutive_errors"] + 1)
+                self._set_status(last_check=_now(), last_result=Result.ERROR.value, last_error=str(exc),
+                                 consecutive_errors=machine.errors_after(Result.ERROR,
+                                                                         self._status["consecutive_errors"]))
             else:
                 log.debug("sync: %s %s", result.result, result.reason)
             delay = machine.next_delay(self.config.poll_seconds, self._status["consecutive_errors"], self.rand())

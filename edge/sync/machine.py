@@ -1,8 +1,11 @@
-"""The update cycle as data: stages, outcomes, transitions, and the polling delay.
+"""The update cycle as data: stages, outcomes, transitions, recovery, and the polling delay.
 
 The agent (``edge.sync.agent``) runs one stage at a time and reports how it went; this
-module says where that leads.  Nothing here does I/O, so the whole table is checked by
-unit tests, and the agent's shell stays a loop over ``next_stage``.
+module says where that leads, and, when a stage fails, what the shell must do about it
+(``recover``: refuse the version, put the previous model back, take back a health strike)
+and when strikes refuse a version (``strike_refusal``).  Nothing here does I/O, so every
+decision is checked exhaustively by tests/edge/test_sync_machine.py, and the agent's shell
+stays a loop over ``next_stage`` that carries out what ``recover`` says.
 
     refresh -> select -> download -> verify -> install -> health -> swap -> commit -> updated
                   \\-> up_to_date
@@ -52,10 +55,23 @@ class Outcome(str, Enum):
 
 
 class Result(str, Enum):
+    """How a sync cycle ended: the one vocabulary for ``SyncResult.result``, status.json's
+    ``last_result``, ``agent sync --json`` and the bench.  A ``str`` so it compares and
+    serialises as the plain word."""
+
     UPDATED = "updated"
     UP_TO_DATE = "up_to_date"
     ERROR = "error"
     REFUSED = "refused"
+
+    def __str__(self) -> str:
+        # f-strings and log lines show the word scripts compare against, not "Result.UPDATED".
+        return self.value
+
+    @property
+    def ok(self) -> bool:
+        """Whether the cycle ended well: ``agent sync`` exits 0 and the error count resets."""
+        return self in (Result.UPDATED, Result.UP_TO_DATE)
 
 
 ORDER = list(Stage)
@@ -84,7 +100,7 @@ def next_stage(stage: Stage, outcome: Outcome) -> Stage | Result:
 FULL_REFRESH_S = 3600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verified:
     """What the last full refresh in this process verified: the timestamp's exact bytes,
     when, and the earliest expiry of root, timestamp, snapshot and targets."""
@@ -94,13 +110,14 @@ class Verified:
     expires: float  # seconds, time.time()
 
 
-def timestamp_unchanged(last_result: str | None, verified: Verified | None, fetched: bytes, now: float) -> bool:
+def timestamp_unchanged(last_result: Result | None, verified: Verified | None, fetched: bytes,
+                        now: float) -> bool:
     """Whether a poll may stop after one GET: the channel's timestamp is byte for byte the one
     this process verified in a full refresh, no metadata it then trusted has expired since, that
     refresh is under ``FULL_REFRESH_S`` old, and the last cycle ended well (after an error the
     full refresh runs, so a failed download is retried).  Every change to the channel (a
     release, a pin, a withdrawal, new keys) comes with a new timestamp."""
-    return (last_result in (Result.UPDATED.value, Result.UP_TO_DATE.value) and verified is not None
+    return (last_result is not None and last_result.ok and verified is not None
             and verified.timestamp == fetched and now < verified.expires
             and 0 <= now - verified.at < FULL_REFRESH_S)
 
@@ -114,6 +131,70 @@ def records_failure(stage: Stage, outcome: Outcome) -> bool:
 #: cut, or a model that crashes the runtime) before that version goes on the failed list.
 #: Only a death counts: a failure the agent sees takes its strike back.
 MAX_HEALTH_STRIKES = 3
+
+
+def strike_refusal(key: str, strikes: int) -> str | None:
+    """Why version ``key`` is refused now that the health stage counted ``strikes`` against
+    it (this one included), or None to go on with the check.  Each strike but this one is a
+    death the agent did not see, so the message counts those."""
+    if strikes > MAX_HEALTH_STRIKES:
+        return f"{key} took the agent down {strikes - 1} times between its health check and its commit"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a cycle had done when one of its stages failed: all ``recover`` needs to know."""
+
+    candidate: str | None = None  # the chosen version's key ("model:version"), once select chose
+    struck: bool = False  # the health stage counted a strike against it
+    swapped: bool = False  # it serves, and the model it replaced can be put back
+    committed: bool = False  # the persisted pointer names it
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What the shell does about a failed stage, in the order of the fields."""
+
+    outcome: Outcome
+    reason: str  # recorded as the cycle's reason, status.json's last_error, and in failed.json
+    refuse: bool  # put the candidate on the failed list and delete its files
+    restore: bool  # swap the replaced model back in: serving must match the persisted pointer
+    unstrike: bool  # take the strike back: the agent saw this failure, it did not die of it
+
+    @property
+    def result(self) -> Result:
+        return TERMINAL[self.outcome]
+
+    @property
+    def verb(self) -> str:
+        """For the log line: a transient failure is retried, the rest are refusals."""
+        return "failed" if self.outcome is Outcome.TRANSIENT else "refused"
+
+
+def recover(stage: Stage, outcome: Outcome, done: Progress, error: str) -> Recovery:
+    """The undo for a failure at ``stage`` (``outcome`` from ``classify``; ``error`` says what
+    went wrong).  A version that is committed is never refused, put back or unstruck: it is
+    what the pointer names, so a failure in the commit's bookkeeping (clearing strikes) costs
+    a retry, never the version now serving."""
+    if outcome in (Outcome.OK, Outcome.NOTHING):
+        raise ValueError(f"{outcome.value} is not a failure")
+    reason = f"{stage.value}: {error}"
+    if stage is Stage.DOWNLOAD and outcome is Outcome.TRANSIENT and done.candidate is not None:
+        reason += f" ({done.candidate} is not installed; retrying later)"
+    live = not done.committed
+    return Recovery(
+        outcome=outcome,
+        reason=reason,
+        refuse=live and done.candidate is not None and records_failure(stage, outcome),
+        restore=live and done.swapped and stage in (Stage.SWAP, Stage.COMMIT),
+        unstrike=live and done.struck,
+    )
+
+
+def errors_after(result: Result, consecutive_errors: int) -> int:
+    """The error count after a cycle: it sets the backoff (``next_delay``)."""
+    return 0 if result.ok else consecutive_errors + 1
 
 
 def classify(stage: Stage, exc: BaseException) -> Outcome:

@@ -21,7 +21,7 @@ from bentoedge.cloud.channel import Channel
 from bentoedge.cloud.channel.channel import hashed_name
 from bentoedge.cloud.channel.storage import S3Storage, Storage, open_storage
 from bentoedge.edge.active import ActiveModel
-from bentoedge.edge.sync import SyncAgent
+from bentoedge.edge.sync import Result
 
 pytestmark = pytest.mark.slow
 VENV_BIN = Path(sys.executable).parent
@@ -132,8 +132,8 @@ def test_publish_swap_under_load_and_refuse_tampered(kind: str, tmp_path: Path, 
     dev = make_device(tmp_path / "dev", ch.url, ch.root_bytes(), signer_pub(home), poll_seconds=0.05)
     ch.enroll("dev-1", dev.pub_pem)
     ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1))
-    with SyncAgent(dev.config, dev.active) as agent:
-        assert agent.sync_once().result == "updated"
+    with dev.agent() as agent:
+        assert agent.sync_once().result is Result.UPDATED
         with Hammer(dev.active) as client:
             time.sleep(0.2)
             ch.publish(seal_tiny(tmp_path / "s2", home, "v2", 2))
@@ -153,7 +153,7 @@ def test_publish_swap_under_load_and_refuse_tampered(kind: str, tmp_path: Path, 
         ch.publish(seal_tiny(tmp_path / "s3", home, "v3", 3))
         flip_a_bit(storage, ch, "tiny/v3/artifacts/edge-fp32.tflite.enc")
         results = [agent.sync_once() for _ in range(3)]  # refused every time, and retried
-        assert [r.result for r in results] == ["error"] * 3
+        assert [r.result for r in results] == [Result.ERROR] * 3
         assert all("Mismatch" in r.reason and "tiny:v3 is not installed" in r.reason for r in results)
         assert dev.active.get().version == "v2"  # type: ignore[union-attr]
         assert agent.state.pointer().active == "v2"
@@ -161,5 +161,5 @@ def test_publish_swap_under_load_and_refuse_tampered(kind: str, tmp_path: Path, 
         # (here the same bit flipped back), the device takes v3; nobody can block it for good.
         assert "tiny:v3" not in agent.status()["failed"]
         flip_a_bit(storage, ch, "tiny/v3/artifacts/edge-fp32.tflite.enc")
-        assert agent.sync_once().result == "updated"
+        assert agent.sync_once().result is Result.UPDATED
         assert dev.active.get().version == "v3"  # type: ignore[union-attr]

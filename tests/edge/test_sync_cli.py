@@ -17,15 +17,14 @@ from sync_support import make_device, seal_tiny, signer_pub
 
 from bentoedge.cloud.channel import Channel
 from bentoedge.edge import config as agent_config
+from bentoedge.edge.sync.machine import Result
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "cloud")
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("BENTOEDGE_TEST_CRASH_AT", None)
-    return env
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 BLOCK = """
@@ -41,7 +40,7 @@ sys.meta_path.insert(0, Block())
 def test_device_modules_import_without_heavy_packages() -> None:
     # A device has none of these installed; blocking them proves the agent does not need
     # them (securesystemslib probes boto3 itself, which is why it is blocked, not absent).
-    code = (f"HEAVY = {HEAVY!r}\n{BLOCK}\nimport edge.sync, edge.sync.agent, edge.fetchers, edge.state, edge.cli\n"
+    code = (f"HEAVY = {HEAVY!r}\n{BLOCK}\nimport edge.sync, edge.sync.agent, edge.fetchers, edge.state, edge.cli, edge.wiring\n"
             "import sys; print([m for m in HEAVY if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
@@ -63,10 +62,10 @@ def test_agent_sync_exit_codes(device: tuple[Channel, Path, Path], tmp_path: Pat
     cmd = [sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg), "--json"]
     ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1, broken_golden=True))
     r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and json.loads(r.stdout.splitlines()[-1])["result"] == "refused", r.stdout + r.stderr
+    assert r.returncode == 1 and json.loads(r.stdout.splitlines()[-1])["result"] == Result.REFUSED.value, r.stdout + r.stderr
     ch.publish(seal_tiny(tmp_path / "s2", home, "v2", 2))
     r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["result"] == "updated", r.stdout + r.stderr
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["result"] == Result.UPDATED.value, r.stdout + r.stderr
     st = subprocess.run([sys.executable, "-m", "bentoedge", "agent", "status", "--config", str(cfg), "--json"],
                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     data = json.loads(st.stdout)

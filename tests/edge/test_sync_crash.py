@@ -1,9 +1,10 @@
 """Crash consistency: SIGKILL the agent at every stage of an update, and at random moments.
 
-The agent runs as a real subprocess (``python -m bentoedge agent sync``); the test-only
-hook ``BENTOEDGE_TEST_CRASH_AT=<stage>`` makes it SIGKILL itself right after that stage.
-After each kill the state folder must name a whole, valid active version (signature,
-hashes, decryption and golden samples all pass), and a restart must finish the update.
+The agent runs as a real subprocess: ``python -m bentoedge agent sync``, or, to die at a
+chosen point, ``crashing_agent.py``, which injects a crash hook that SIGKILLs it right
+after a stage, mid health check or mid download.  After each kill the state folder must
+name a whole, valid active version (signature, hashes, decryption and golden samples all
+pass), and a restart must finish the update.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ from bentoedge.edge import config as agent_config
 from bentoedge.edge.state import DeviceState
 from bentoedge.edge.sync.agent import load_and_check, trusted_signers
 from bentoedge.edge.sync.machine import Stage
+from bentoedge.edge.wiring import wire
 
 ROOT = Path(__file__).resolve().parents[2]
+CRASHING_AGENT = Path(__file__).with_name("crashing_agent.py")
 pytestmark = pytest.mark.slow
 
 
-def agent_sync(cfg_path: Path, crash_at: str | None = None, timeout: float = 60) -> subprocess.Popen[bytes]:
+def agent_sync(cfg_path: Path, crash_at: str | None = None) -> subprocess.Popen[bytes]:
+    """``agent sync`` in a process of its own; with ``crash_at``, one that kills itself there."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("BENTOEDGE_TEST_CRASH_AT", None)
-    if crash_at:
-        env["BENTOEDGE_TEST_CRASH_AT"] = crash_at
-    return subprocess.Popen([sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg_path)],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = ([sys.executable, str(CRASHING_AGENT), str(cfg_path), crash_at] if crash_at
+           else [sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg_path)])
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def assert_valid_active(state_dir: Path, expect: set[str]) -> str:
@@ -131,14 +133,11 @@ def test_a_version_that_keeps_killing_the_agent_before_its_commit_is_refused(pro
 
 
 def test_a_misconfigured_start_up_blames_no_version(provisioned: tuple[Path, Path]) -> None:
-    from bentoedge.edge.active import ActiveModel
-    from bentoedge.edge.sync.agent import SyncAgent
-
     tmp, template = provisioned
     state = fresh_device(tmp, template, "dev-misconfig")
     cfg = agent_config.load(state / "agent.toml")
     broken = agent_config.with_overrides(cfg, trusted_signers=())  # the operator dropped the signer keys
-    agent = SyncAgent(broken, ActiveModel())
+    agent = wire(broken).agent
     try:
         agent.start_up()
         assert agent.active.get() is None and "trusted" in str(agent.status()["last_error"])
@@ -146,7 +145,7 @@ def test_a_misconfigured_start_up_blames_no_version(provisioned: tuple[Path, Pat
         agent.close()
     st = DeviceState(state)
     assert st.failed() == {} and st.pointer().active == "v1"  # fixed config: v1 serves again
-    fixed = SyncAgent(cfg, ActiveModel())
+    fixed = wire(cfg).agent
     try:
         fixed.start_up()
         model = fixed.active.get()

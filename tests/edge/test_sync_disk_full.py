@@ -20,7 +20,7 @@ import pytest
 from sync_support import make_device, seal_tiny, signer_pub
 
 from bentoedge.cloud.channel import Channel
-from bentoedge.edge.sync import SyncAgent
+from bentoedge.edge.sync import Result
 
 
 @pytest.fixture
@@ -60,13 +60,13 @@ def test_disk_full_during_an_update_keeps_the_old_version(tmp_path: Path, small_
     ch.enroll("dev-1", dev.pub_pem)
     ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1))
     x = {"x": np.ones((1, 4), np.float32)}
-    with SyncAgent(dev.config, dev.active) as agent:
-        assert agent.sync_once().result == "updated"
+    with dev.agent() as agent:
+        assert agent.sync_once().result is Result.UPDATED
         ch.publish(seal_tiny(tmp_path / "s2", home, "v2", 2))
         filler = fill(small_disk)
         for _ in range(3):
             r = agent.sync_once()
-            assert r.result == "error", r
+            assert r.result is Result.ERROR, r
             assert "No space left on device" in r.reason, r.reason
             model = dev.active.get()
             assert model is not None and model.version == "v1"
@@ -77,9 +77,9 @@ def test_disk_full_during_an_update_keeps_the_old_version(tmp_path: Path, small_
         assert "tiny:v2" not in status["failed"]  # the disk's fault, not the version's
         os.unlink(filler)
         r = agent.sync_once()
-        assert r.result == "updated", r
+        assert r.result is Result.UPDATED, r
         assert dev.active.get().version == "v2"  # type: ignore[union-attr]
     # A restart finds a whole, valid active version on that disk.
-    with SyncAgent(dev.config, dev.active) as again:
+    with dev.agent() as again:
         again.start_up()
         assert again.state.pointer().active == "v2" and dev.active.get().version == "v2"  # type: ignore[union-attr]

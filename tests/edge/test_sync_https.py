@@ -11,7 +11,7 @@ import pytest
 from sync_support import make_device, seal_tiny, serve_folder, signer_pub, tls_for_loopback
 
 from bentoedge.cloud.channel import Channel
-from bentoedge.edge.sync import SyncAgent
+from bentoedge.edge.sync import Result
 
 
 def test_https_channel_trusted_and_impostor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,14 +26,14 @@ def test_https_channel_trusted_and_impostor(tmp_path: Path, monkeypatch: pytest.
         dev = make_device(tmp_path / "dev", f"{base}/chan", ch.root_bytes(), signer_pub(home))
         ch.enroll("dev-1", dev.pub_pem)
         ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1))
-        with SyncAgent(dev.config, dev.active) as agent:
+        with dev.agent() as agent:
             r = agent.sync_once()
-            assert r.result == "updated" and r.bytes > 0, r
+            assert r.result is Result.UPDATED and r.bytes > 0, r
     ch.publish(seal_tiny(tmp_path / "s2", home, "v2", 2))
     with serve_folder(tmp_path / "site", tls=evil) as evil_base:
         port = evil_base.rsplit(":", 1)[1]
         diverted = dataclasses.replace(dev.config, channel=f"https://127.0.0.1:{port}/chan")  # the impostor answers
-        with SyncAgent(diverted, dev.active) as agent:
+        with dev.agent(diverted) as agent:
             r = agent.sync_once()
-            assert r.result == "error" and "CERTIFICATE_VERIFY_FAILED" in r.reason, r
+            assert r.result is Result.ERROR and "CERTIFICATE_VERIFY_FAILED" in r.reason, r
             assert dev.active.get().version == "v1"  # type: ignore[union-attr]
