@@ -9,9 +9,22 @@ Both servers accept the same requests and answer the same way (DESIGN.md section
                     the model and placement are then in the x-bentoedge-* headers)
     4xx            {"error": "...", "input": "<name>"}
 
-This module turns a request body into validated arrays, or a ``RequestError`` that names
-the input and what was expected, without ever touching a model.  Pure: bytes and the
-manifest's signature in, arrays or an error out.
+This module is the contract, written once; the device (``edge.server``, ``edge.gateway``)
+and the cloud (``cloud.service_http``) are thin adapters that move bytes between their
+sockets and these functions:
+
+- framing: ``declared_length`` (411 no Content-Length or chunked, 400 a bad one, 413 over
+  the limit, before a byte is read) and ``check_size``, the one place the limit is said;
+- requests: ``parse_request`` turns a body into validated arrays, or a ``RequestError``
+  that names the input and what was expected, without ever touching a model;
+- answers: ``Reply`` (status, body, media type, headers) and its makers:
+  ``prediction_reply`` (Accept negotiation, JSON or .npz, and the placement headers),
+  ``error_reply``, ``not_found``, ``method_not_allowed``;
+- checking an answer: ``read_answer``, what a client (``edge.cloud_client``, the
+  conformance tests) accepts as the contract's shape.
+
+The OpenAPI text for the same routes is ``bentos.openapi``.  Pure: no sockets, no model,
+nothing heavier than numpy, because the device imports it.
 """
 
 from __future__ import annotations
@@ -19,11 +32,12 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature, TensorSpec
 
 JSON = "application/json"
@@ -36,14 +50,51 @@ HEADER_MODEL = "x-bentoedge-model"
 HEADER_REASON = "x-bentoedge-fallback-reason"
 
 
+# -- framing: how long a body may be, decided before it is read ------------------------------
+
+def check_size(size: int, limit: int) -> None:
+    """RequestError 413 when a body of ``size`` bytes is over ``limit``: the one statement of the limit."""
+    if size > limit:
+        raise RequestError(f"the request body is {size} bytes; the limit is {limit}", status=413)
+
+
+def declared_length(method: str, content_length: str | None, transfer_encoding: str | None,
+                    limit: int) -> int:
+    """The body length a request declares, refused (411/400/413) before any of it is read.
+
+    A body must come with a Content-Length: a server can then refuse one that is too large
+    without reading it, and a device needs no chunked decoder.  A GET may send none (0).
+    """
+    if (transfer_encoding or "").strip().lower() not in ("", "identity"):
+        raise RequestError("chunked bodies are not accepted; send a Content-Length", status=411)
+    if content_length is None:
+        if method == "POST":
+            raise RequestError("send a Content-Length header with the request body", status=411)
+        return 0
+    try:
+        length = int(content_length)
+        if length < 0:
+            raise ValueError
+    except ValueError:
+        raise RequestError(f"Content-Length {content_length!r} is not a byte count") from None
+    check_size(length, limit)
+    return length
+
+
+def media_type(content_type: str | None) -> str:
+    """``application/json; charset=utf-8`` -> ``application/json`` (lower case, no parameters)."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+# -- requests -----------------------------------------------------------------------------
+
 def parse_request(body: bytes, content_type: str | None, signature: Signature,
                   max_payload: int = DEFAULT_MAX_PAYLOAD) -> dict[str, np.ndarray]:
     """Validated input arrays from a request body, or RequestError (400/413/415/422)."""
     if not body:
         raise RequestError("the request body is empty; send {\"inputs\": {...}} as JSON or an .npz archive")
-    if len(body) > max_payload:
-        raise RequestError(f"the request body is {len(body)} bytes; the limit is {max_payload}", status=413)
-    kind = (content_type or JSON).split(";")[0].strip().lower()
+    check_size(len(body), max_payload)
+    kind = media_type(content_type or JSON)
     if kind in (NPZ, "application/octet-stream"):
         raw = _parse_npz(body, max_payload)
     elif kind in (JSON, "text/json", ""):
@@ -104,6 +155,7 @@ def _parse_npz(body: bytes, max_payload: int) -> Mapping[str, Any]:
 
 
 def validate_inputs(raw: Mapping[str, Any], signature: Signature) -> dict[str, np.ndarray]:
+    """Arrays of the signature's dtypes for ``raw`` inputs, or RequestError naming the input."""
     expected = {t.name: t for t in signature.inputs}
     unknown = sorted(set(raw) - set(expected))
     if unknown:
@@ -118,6 +170,7 @@ def validate_inputs(raw: Mapping[str, Any], signature: Signature) -> dict[str, n
 
 
 def describe(spec: TensorSpec) -> str:
+    """``float32[?, 4]``: how error messages and the OpenAPI text write a tensor's type."""
     dims = ", ".join("?" if d is None else str(d) for d in spec.shape)
     return f"{spec.dtype}[{dims}]"
 
@@ -161,11 +214,75 @@ def _check_batch(arrays: Mapping[str, np.ndarray], signature: Signature) -> None
 
 
 def batch_size(arrays: Mapping[str, np.ndarray]) -> int:
+    """The batch of a request: the largest first dimension among its arrays (1 for scalars)."""
     return max((a.shape[0] for a in arrays.values() if a.ndim), default=1)
+
+
+# -- answers ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer of the contract before a server writes it: each server only puts it on its wire."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
+    """A JSON answer."""
+    return Reply(status, json_dumps(doc), JSON, headers or {})
+
+
+def error_reply(exc: RequestError | UnavailableError) -> Reply:
+    """The answer to a refused request: ``{"error", "input"}`` (4xx) or ``{"error", "reason"}`` (503)."""
+    # A 503 is temporary by definition (overload, no model yet, cloud down): say when to retry.
+    headers = {"Retry-After": "1"} if exc.status == 503 else {}
+    return json_reply(exc.status, exc.to_body(), headers)
+
+
+def not_found(path: str) -> Reply:
+    """404 for a path neither server serves."""
+    return json_reply(404, {"error": f"no route {path}; see /docs.json"})
+
+
+def method_not_allowed(path: str, allowed: str) -> Reply:
+    """405 with ``Allow`` (``"POST"``, ``"GET, HEAD"``), for a served path called with another method."""
+    # Sorted: a framework may list a route's methods in set order, which changes per process.
+    allowed = ", ".join(sorted({m.strip().upper() for m in allowed.split(",") if m.strip()}))
+    hint = ' with {"inputs": {...}}' if allowed == "POST" else ""
+    return json_reply(405, {"error": f"{path} takes {allowed}{hint}"}, {"Allow": allowed})
+
+
+def wants_npz(accept: str | None) -> bool:
+    """Accept negotiation: an .npz answer only when the client names it; JSON otherwise (also ``*/*``)."""
+    return bool(accept) and NPZ in (accept or "")
+
+
+def placement_headers(served_by: str, version: str, name: str = "",
+                      fallback_reason: str | None = None) -> dict[str, str]:
+    """The x-bentoedge-* headers that say where and what answered (also on .npz answers and relayed 4xx)."""
+    headers = {HEADER_SERVED_BY: served_by, HEADER_VERSION: version}
+    if name:
+        headers[HEADER_MODEL] = name
+    if fallback_reason is not None:
+        headers[HEADER_REASON] = fallback_reason
+    return headers
+
+
+def prediction_reply(outputs: Mapping[str, np.ndarray], name: str, version: str, served_by: str,
+                     accept: str | None) -> Reply:
+    """The 200 for outputs a server computed itself: JSON or .npz as the client accepts, placement in headers."""
+    headers = placement_headers(served_by, version, name)
+    if wants_npz(accept):
+        return Reply(200, encode_npz(outputs), NPZ, headers)
+    return json_reply(200, response_json(outputs, name, version, served_by), headers)
 
 
 def response_json(outputs: Mapping[str, np.ndarray], name: str, version: str, served_by: str,
                   fallback_reason: str | None = None) -> dict[str, Any]:
+    """The JSON body of a 200: outputs by name, the model, where it ran (and why, when forwarded)."""
     body: dict[str, Any] = {
         "outputs": {k: _json_array(v) for k, v in outputs.items()},
         "model": {"name": name, "version": version},
@@ -187,6 +304,7 @@ def _json_array(value: Any) -> Any:
 
 
 def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An .npz archive of ``arrays`` (uncompressed: answers are small, and speed matters more)."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
     return buf.getvalue()
@@ -195,3 +313,35 @@ def encode_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
 def decode_npz(body: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> dict[str, np.ndarray]:
     """Arrays from an .npz body (RequestError if unreadable or expanding past ``max_bytes``)."""
     return dict(_parse_npz(body, max_bytes))
+
+
+# -- checking an answer ---------------------------------------------------------------------
+
+class AnswerError(ValueError):
+    """An answer without the contract's shape: what a client must not pass on as an answer."""
+
+
+def read_answer(status: int, body: bytes, content_type: str | None) -> dict[str, Any] | None:
+    """The parsed JSON of an answer with the contract's shape, None for an .npz of outputs.
+
+    The shape: a 2xx is a JSON object with an ``outputs`` object, or (as application/x-npz)
+    a readable .npz archive; an error (4xx, 5xx) is a JSON object with an ``error`` string.
+    Anything else raises AnswerError.
+    """
+    if media_type(content_type) == NPZ and 200 <= status < 300:
+        try:
+            decode_npz(body)
+        except RequestError:
+            raise AnswerError("the .npz answer is unreadable") from None
+        return None
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise AnswerError(f"the answer ({status}) is not JSON") from None
+    if not isinstance(doc, dict):
+        raise AnswerError("the answer is not a JSON object")
+    if 200 <= status < 300 and not isinstance(doc.get("outputs"), dict):
+        raise AnswerError("the answer has no \"outputs\" object")
+    if status >= 400 and not isinstance(doc.get("error"), str):
+        raise AnswerError(f"the {status} answer has no \"error\"")
+    return doc

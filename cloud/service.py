@@ -14,7 +14,8 @@ and the worker does not start, so /readyz never answers 200 for a model that is 
 signed one.
 
 The API (DESIGN.md section 10) lives in ``cloud.service_http``, mounted at /predict,
-/invocations and /ping; it calls ``infer`` below, a batchable ``@bentoml.api``, through
+/invocations and /ping, with a middleware around the whole server that adds the
+contract's routes to BentoML's /docs.json and answers BentoML's own 404/405 in JSON; it calls ``infer`` below, a batchable ``@bentoml.api``, through
 BentoML's adaptive-batching dispatcher.  ``infer`` is also reachable on its own BentoML
 route (/infer, BentoML's JSON form ``{"x": [...]}``) for BentoML clients.
 
@@ -23,7 +24,6 @@ All settings come from the environment (``cloud.service_core`` lists them).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,14 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentoedge.bentos.api import validate_inputs
 from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
+from bentoedge.bentos.manifest import Signature
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.bentos.store import ModelStore, sealed_path_of, split_tag
 from bentoedge.cloud.service_core import CloudSettings, batchable
-from bentoedge.cloud.service_http import OPENAPI_PATHS, find_batcher, logger, make_app
+from bentoedge.cloud.service_http import ContractMiddleware, find_batcher, logger, make_app
 from bentoedge.cloud.service_model import Loaded, open_cloud_model
 
 SETTINGS = CloudSettings.from_env()
@@ -72,42 +72,17 @@ def _resolve_tag(spec: str | None) -> str | None:
 MODEL_TAG = _resolve_tag(SETTINGS.model)
 
 
-class DocsMiddleware:
-    """Adds the contract's routes to the OpenAPI document BentoML serves at /docs.json."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != "/docs.json":
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] = {}
-        chunks: list[bytes] = []
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    body = b"".join(chunks)
-                    try:
-                        doc = json.loads(body)
-                        doc.setdefault("paths", {}).update(OPENAPI_PATHS)
-                        body = json.dumps(doc).encode()
-                    except (ValueError, AttributeError):
-                        pass  # not JSON: pass BentoML's answer through untouched
-                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                    headers.append((b"content-length", str(len(body)).encode()))
-                    await send({**start, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-
-        await self.app(scope, receive, capture)
-
-
 def _current() -> SealedService:
-    return bentoml.get_current_service()  # type: ignore[no-any-return]
+    """The service instance of this worker (BentoML makes one per worker process)."""
+    return bentoml.get_current_service()
+
+
+def _signature() -> Signature | None:
+    """The served model's signature for the OpenAPI text, or None before the service is up."""
+    try:
+        return _current().signature
+    except Exception:  # not instantiated yet, or refusing to serve: document the generic shape
+        return None
 
 
 @bentoml.service(
@@ -181,4 +156,5 @@ class SealedService:
         return await anyio.to_thread.run_sync(self.loaded.model.predict, arrays)
 
 
-SealedService.add_asgi_middleware(DocsMiddleware)  # type: ignore[attr-defined]
+# Around the whole server: BentoML's /docs.json and its own 404/405 keep the contract too.
+SealedService.add_asgi_middleware(ContractMiddleware, signature=_signature)  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ request handling parses bodies with pydantic and answers errors in its own shape
 contract (DESIGN.md section 10, ``bentos.api``) needs JSON *and* ``.npz`` bodies on the
 same route, a 4xx that names the input and the expected shape, a body-size limit that
 stops reading early, and the model name/version in headers.  So this small Starlette app,
-mounted into the BentoML server with ``@bentoml.asgi_app``, owns parsing and the response,
+mounted into the BentoML server with ``@bentoml.asgi_app``, is a thin adapter: the framing
+check, parsing, every answer and the OpenAPI text are ``bentos.api``/``bentos.openapi``'s,
+the same code the device runs; this module moves them between Starlette and the service,
 and hands the validated array to the service's *batchable* ``@bentoml.api`` method through
 the BentoML server's own adaptive-batching dispatcher (``batch_infer``).  BentoML keeps
 what it is good at: the server and its workers, adaptive batching and its
@@ -22,6 +24,7 @@ the service logs that once.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -32,20 +35,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentoedge.bentos.api import (
-    HEADER_MODEL,
-    HEADER_SERVED_BY,
-    HEADER_VERSION,
-    NPZ,
-    encode_npz,
-    json_dumps,
+    Reply,
+    declared_length,
+    error_reply,
+    json_reply,
+    method_not_allowed,
+    not_found,
     parse_request,
-    response_json,
+    prediction_reply,
 )
 from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature
+from bentoedge.bentos.openapi import TAG, prediction_paths
 
 logger = logging.getLogger("bentoml.bentoedge")  # under "bentoml" so `bentoml serve` shows it
 SERVER_KEY = "bentoedge.server"
@@ -65,6 +69,8 @@ class Backend(Protocol):
 
 
 class _Mounted(Starlette):
+    """The contract app; remembers the BentoML server app it is mounted in (for batching)."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault(SERVER_KEY, scope.get("app"))  # the BentoML server app, before Starlette overwrites it
         await super().__call__(scope, receive, send)
@@ -81,12 +87,18 @@ def make_app(backend: Callable[[], Backend]) -> Starlette:
             ready = backend().is_ready()
         except Exception:  # not started yet
             ready = False
-        return _json({"status": "ready"} if ready else {"status": "starting"}, 200 if ready else 503)
+        return _send(json_reply(200 if ready else 503, {"status": "ready"} if ready else {"status": "starting"}))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 are plain text; the contract answers every error in JSON.
         status = getattr(exc, "status_code", 500)
-        return _json({"error": f"{request.method} {request.url.path}: {getattr(exc, 'detail', exc)}"}, status)
+        path = request.url.path
+        if status == 404:
+            return _send(not_found(path))
+        if status == 405:
+            allow = (getattr(exc, "headers", None) or {}).get("Allow", "POST")
+            return _send(method_not_allowed(path, allow))
+        return _send(json_reply(status, {"error": f"{request.method} {path}: {getattr(exc, 'detail', exc)}"}))
 
     return _Mounted(exception_handlers={HTTPException: http_error}, routes=[
         Route("/predict", predict, methods=["POST"]),
@@ -96,42 +108,31 @@ def make_app(backend: Callable[[], Backend]) -> Starlette:
 
 
 async def _predict(request: Request, svc: Backend) -> Response:
+    """One prediction: the contract's framing check, parse, the model, the contract's answer."""
+    headers = request.headers
     try:
-        body = await _read_body(request, svc.max_payload)
-        arrays = parse_request(body, request.headers.get("content-type"), svc.signature, svc.max_payload)
+        # Refused before a byte is read; the server (uvicorn) then never delivers more
+        # than the declared length, so the body read below is bounded by the limit.
+        declared_length(request.method, headers.get("content-length"), headers.get("transfer-encoding"),
+                        svc.max_payload)
+        body = await request.body()
+        arrays = parse_request(body, headers.get("content-type"), svc.signature, svc.max_payload)
         outputs = await svc.run(arrays, request.scope.get(SERVER_KEY))
-    except RequestError as exc:
-        return _json(exc.to_body(), exc.status)
-    except UnavailableError as exc:
-        return _json(exc.to_body(), exc.status)
+    except (RequestError, UnavailableError) as exc:
+        return _send(error_reply(exc))
     except ClientDisconnect:
         return Response(status_code=499)
     except Exception as exc:  # the model failed: say so in one line, keep serving
         logger.exception("prediction failed")
-        return _json({"error": f"the model failed on this request ({type(exc).__name__}); see the server log"}, 500)
-    headers = {HEADER_SERVED_BY: "cloud", HEADER_VERSION: svc.version, HEADER_MODEL: svc.name}
-    if NPZ in request.headers.get("accept", ""):
-        return Response(encode_npz(outputs), media_type=NPZ, headers=headers)
-    return Response(json_dumps(response_json(outputs, svc.name, svc.version, "cloud")),
-                    media_type="application/json", headers=headers)
+        return _send(json_reply(500, {"error": f"the model failed on this request ({type(exc).__name__}); "
+                                               "see the server log"}))
+    return _send(prediction_reply(outputs, svc.name, svc.version, "cloud", headers.get("accept")))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing early (413) when it is larger than ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestError(f"the request body is {declared} bytes; the limit is {limit}", status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"the request body is over {limit} bytes, the limit", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json(body: dict[str, Any], status: int) -> Response:
-    return Response(json_dumps(body), status_code=status, media_type="application/json")
+def _send(reply: Reply) -> Response:
+    """The contract's answer as a Starlette response."""
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
+                    headers=dict(reply.headers))
 
 
 def find_batcher(server: Any, api_name: str) -> Callable[[np.ndarray], Awaitable[Any]] | None:
@@ -147,34 +148,76 @@ async def _call_batched(batch_infer: Callable[..., Awaitable[Any]], api_name: st
     return await batch_infer(api_name, (x,), {})
 
 
-# OpenAPI text for the contract routes, merged into BentoML's /docs.json by cloud.service.
-OPENAPI_PATHS: dict[str, Any] = {
-    "/predict": {"post": {
-        "tags": ["bentoedge"],
-        "summary": "Predict on named inputs (the bentoedge API, same on devices and in the cloud)",
-        "description": (
-            "Body: JSON {\"inputs\": {\"<input name>\": <nested list>}} or an application/x-npz archive with "
-            "one array per input name. Answers {\"outputs\": {...}, \"model\": {\"name\", \"version\"}, "
-            "\"served_by\": \"cloud\"}, or an .npz of outputs with Accept: application/x-npz. Headers "
-            "x-bentoedge-served-by and x-bentoedge-model-version name where and what answered. Errors: "
-            "4xx {\"error\": ..., \"input\": ...} (400 malformed, 413 too large, 415 media type, 422 "
-            "wrong name/dtype/shape/NaN)."),
-        "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
-                "inputs": {"type": "object", "additionalProperties": {"type": "array", "items": {}}}}}},
-            NPZ: {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {
-            "200": {"description": "outputs by name", "content": {
-                "application/json": {"schema": {"type": "object", "properties": {
-                    "outputs": {"type": "object"}, "model": {"type": "object"},
-                    "served_by": {"type": "string", "enum": ["cloud"]}}}},
-                NPZ: {"schema": {"type": "string", "format": "binary"}}}},
-            "400": {"description": "malformed body"}, "413": {"description": "body too large"},
-            "415": {"description": "unsupported media type"},
-            "422": {"description": "an input has the wrong name, dtype, shape or values"},
-            "503": {"description": "overloaded or not ready"}}}},
-    "/invocations": {"post": {"tags": ["bentoedge"], "summary": "SageMaker's name for POST /predict",
-                              "responses": {"200": {"description": "as /predict"}}}},
-    "/ping": {"get": {"tags": ["bentoedge"], "summary": "SageMaker health check: 200 once the golden samples passed",
-                      "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
-}
+def openapi_paths(signature: Signature | None) -> dict[str, Any]:
+    """The contract's routes for the OpenAPI document BentoML serves (merged by ``cloud.service``)."""
+    return {
+        **prediction_paths(signature, ("cloud",)),
+        "/ping": {"get": {"tags": [TAG], "summary": "SageMaker health check: 200 once the golden samples passed",
+                          "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
+    }
+
+
+class ContractMiddleware:
+    """Around the whole BentoML server app, so what BentoML answers itself keeps the contract.
+
+    Two answers are BentoML's, not this module's: /docs.json, which gains the contract's
+    routes (``openapi_paths``, the same text as the device's), and the plain-text 404/405
+    of its router for a path or method nobody serves, which become the contract's JSON
+    (``bentos.api.not_found``, ``method_not_allowed``), as the device answers them.  Every
+    other answer passes through unbuffered.
+    """
+
+    def __init__(self, app: ASGIApp, signature: Callable[[], Signature | None] = lambda: None) -> None:
+        self.app = app
+        self.signature = signature
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def rewrite(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if self._wants(path, message):
+                    start.update(message)  # held until the whole body is here
+                    return
+                await send(message)
+            elif message["type"] == "http.response.body" and start:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    await self._send_rewritten(path, start, b"".join(chunks), send)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+    @staticmethod
+    def _wants(path: str, start: Message) -> bool:
+        status = start["status"]
+        if path == "/docs.json":
+            return bool(status == 200)
+        kind = dict(start.get("headers", [])).get(b"content-type", b"")
+        return status in (404, 405) and kind.startswith(b"text/plain")
+
+    async def _send_rewritten(self, path: str, start: dict[str, Any], body: bytes, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = list(start.get("headers", []))
+        new: dict[bytes, bytes] = {}
+        if start["status"] == 200:  # /docs.json
+            try:
+                doc = json.loads(body)
+                doc.setdefault("paths", {}).update(openapi_paths(self.signature()))
+                body = json.dumps(doc).encode()
+            except (ValueError, AttributeError):
+                pass  # not JSON: pass BentoML's answer through untouched
+        else:
+            allow = dict(headers).get(b"allow", b"").decode("latin-1")
+            reply = not_found(path) if start["status"] == 404 else method_not_allowed(path, allow or "GET")
+            body = reply.body
+            new[b"content-type"] = reply.content_type.encode()
+        new[b"content-length"] = str(len(body)).encode()
+        kept = [(k, v) for k, v in headers if k.lower() not in new]
+        await send({**start, "headers": kept + list(new.items())})
+        await send({"type": "http.response.body", "body": body})

@@ -8,16 +8,15 @@ Every call has a deadline: connecting, sending and each read get the time that i
 and a body that trickles in past the deadline is cut off.  Only connection errors (refused,
 reset, a stale keep-alive socket) are retried, at most ``retries`` times and only while time
 is left; a timeout or a bad answer is never retried, since the cloud may be doing the work.
-An answer is accepted only if it has the contract's shape (a 2xx JSON object with
-``outputs``, or a readable ``.npz``; a 4xx with an ``error``); anything else is garbage and
-counts as a failure for the circuit breaker.
+An answer is accepted only if it is a 2xx or 4xx with the contract's shape
+(``bentos.api.read_answer``: a JSON object with ``outputs``, or a readable ``.npz``; a 4xx
+with an ``error``); anything else is garbage and counts as a failure for the circuit breaker.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
-import json
 import queue
 import socket
 import time
@@ -25,7 +24,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from bentoedge.bentos.api import HEADER_MODEL, HEADER_VERSION, NPZ, decode_npz
+from bentoedge.bentos.api import HEADER_MODEL, HEADER_VERSION, JSON, NPZ, AnswerError, read_answer
 
 MAX_ANSWER_BYTES = 64 << 20
 _CHUNK = 1 << 16
@@ -69,7 +68,7 @@ class CloudClient:
 
     def predict(self, body: bytes, content_type: str, accept: str | None, deadline: float) -> CloudAnswer:
         """Forward one request; CloudAnswer for a valid answer (2xx or 4xx), CloudError otherwise."""
-        headers = {"Content-Type": content_type or "application/json", "Content-Length": str(len(body))}
+        headers = {"Content-Type": content_type or JSON, "Content-Length": str(len(body))}
         if accept:
             headers["Accept"] = accept
         last: CloudError | None = None
@@ -216,28 +215,17 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def _check(status: int, data: bytes, content_type: str, version: str, name: str) -> CloudAnswer:
-    """Accept only answers with the contract's shape; garbage is a CloudError."""
-    kind = content_type.split(";")[0].strip().lower()
+    """Accept only a 2xx or 4xx with the contract's shape; a 5xx or garbage is a CloudError."""
     if status >= 500:
         raise CloudError("cloud_error", f"the cloud answered {status}")
     if not (200 <= status < 300 or 400 <= status < 500):
         raise CloudError("cloud_bad_answer", f"unexpected status {status}")
-    if kind == NPZ and 200 <= status < 300:
-        try:
-            decode_npz(data)
-        except Exception:  # numpy raises several kinds for a bad archive
-            raise CloudError("cloud_bad_answer", "the .npz answer is unreadable") from None
-        return CloudAnswer(status, data, NPZ, version, name)
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CloudError("cloud_bad_answer", f"the answer ({status}) is not JSON") from None
-    if not isinstance(doc, dict):
-        raise CloudError("cloud_bad_answer", "the answer is not a JSON object")
-    if 200 <= status < 300 and not isinstance(doc.get("outputs"), dict):
-        raise CloudError("cloud_bad_answer", "the answer has no \"outputs\" object")
-    if status >= 400 and not isinstance(doc.get("error"), str):
-        raise CloudError("cloud_bad_answer", f"the {status} answer has no \"error\"")
+        doc = read_answer(status, data, content_type)
+    except AnswerError as exc:
+        raise CloudError("cloud_bad_answer", str(exc)) from None
+    if doc is None:  # an .npz of outputs: passed on as it came
+        return CloudAnswer(status, data, NPZ, version, name)
     model = doc["model"] if isinstance(doc.get("model"), dict) else {}
-    return CloudAnswer(status, data, "application/json", version or str(model.get("version", "")),
+    return CloudAnswer(status, data, JSON, version or str(model.get("version", "")),
                        name or str(model.get("name", "")), doc)

@@ -3,9 +3,11 @@
 The orchestration between the pure router (``edge.router.decide``), the local model
 (``edge.active.ActiveModel``), the cloud (``edge.cloud_client.CloudClient``) and the circuit
 breaker (``edge.breaker``).  It knows nothing of sockets on the server side: ``predict``
-takes the request's body and headers and returns a ``Reply`` (status, body, headers), which
-``edge.server`` writes out.  That keeps the HTTP layer a thin shell and lets the same code
-run in process for tests and benchmarks.
+takes the request's body and headers and returns a ``bentos.api.Reply`` (status, body,
+headers), which ``edge.server`` writes out; the answers themselves (JSON or .npz, the
+placement headers, the error bodies) are the contract's, made by ``bentos.api``.  That
+keeps the HTTP layer a thin shell and lets the same code run in process for tests and
+benchmarks.
 
 Order of work for a request: parse and validate against the active model's signature
 (4xx without touching the model); gather the facts; decide; run.  A local failure asks the
@@ -19,26 +21,23 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from bentoedge.bentos.api import (
     DEFAULT_MAX_PAYLOAD,
-    HEADER_MODEL,
-    HEADER_REASON,
-    HEADER_SERVED_BY,
-    HEADER_VERSION,
     JSON,
-    NPZ,
+    Reply,
     batch_size,
-    encode_npz,
-    json_dumps,
+    check_size,
+    error_reply,
+    json_reply,
     parse_request,
-    response_json,
+    placement_headers,
+    prediction_reply,
 )
-from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.edge.active import ActiveModel, ServingModel
 from bentoedge.edge.breaker import CircuitBreaker
 from bentoedge.edge.cloud_client import CloudAnswer, CloudClient, CloudError
@@ -56,18 +55,6 @@ from bentoedge.edge.router import (
 log = logging.getLogger("bentoedge.agent")
 
 EWMA_ALPHA = 0.2
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def json_reply(status: int, doc: Any, headers: Mapping[str, str] | None = None) -> Reply:
-    return Reply(status, json_dumps(doc), JSON, headers or {})
 
 
 class LocalLoad:
@@ -179,12 +166,11 @@ class Gateway:
                 facts = RequestFacts(len(body), batch_size(arrays),
                                      shapes_fit(getattr(model, "fixed_shapes", {}), arrays))
             else:
-                if len(body) > self.max_body:
-                    raise RequestError(f"the request body is {len(body)} bytes; the limit is {self.max_body}", status=413)
+                check_size(len(body), self.max_body)  # the cloud's limit is its own; this one is ours
                 facts = RequestFacts(len(body), batch=0)
         except RequestError as exc:
             self.metrics.observe("edge", exc.status, time.monotonic() - start)
-            return json_reply(exc.status, exc.to_body())
+            return error_reply(exc)
         workers = int(getattr(model, "workers", 1) or 1)
         decision = decide(facts, self.device_state(model, workers), self.policy)
         cloud_failure = ""
@@ -221,11 +207,7 @@ class Gateway:
             return None
         finally:
             self.load.leave(ms)
-        headers = {HEADER_SERVED_BY: "edge", HEADER_VERSION: model.version, HEADER_MODEL: model.name}
-        if accept and NPZ in accept:
-            reply = Reply(200, encode_npz(outputs), NPZ, headers)
-        else:
-            reply = json_reply(200, response_json(outputs, model.name, model.version, "edge"), headers)
+        reply = prediction_reply(outputs, model.name, model.version, "edge", accept)
         self.metrics.observe("edge", 200, time.monotonic() - start)
         return reply
 
@@ -253,9 +235,8 @@ class Gateway:
 
     @staticmethod
     def _relay(answer: CloudAnswer, reason: str) -> Reply:
-        headers = {HEADER_SERVED_BY: "cloud", HEADER_VERSION: answer.model_version, HEADER_REASON: reason}
-        if answer.model_name:
-            headers[HEADER_MODEL] = answer.model_name
+        """The cloud's answer as the device's: its placement and the reason it was forwarded added."""
+        headers = placement_headers("cloud", answer.model_version, answer.model_name, reason)
         if answer.doc is not None and 200 <= answer.status < 300:
             doc = dict(answer.doc)
             doc["served_by"] = "cloud"
@@ -270,4 +251,4 @@ class Gateway:
         self.metrics.observe("none", 503, time.monotonic() - start, reason)
         message = (f"neither this device nor the cloud can answer ({reason}); "
                    "retry later, or check the agent's /status for the active model and the cloud endpoint")
-        return json_reply(503, {"error": message, "reason": reason}, {"Retry-After": "1"})
+        return error_reply(UnavailableError(message, reason))

@@ -9,11 +9,12 @@ Routes (DESIGN.md section 10, the same paths as BentoML's):
     GET  /readyz      200 when a model is active, or the cloud can answer in this mode
     GET  /metrics     Prometheus text (``edge.metrics``)
     GET  /status      JSON: active model, last sync (``status_provider``), counts, latency
-    GET  /docs.json   OpenAPI (``edge.openapi``)
+    GET  /docs.json   OpenAPI (``bentos.openapi``, the same text as the cloud's)
 
-The handler is a thin shell: it reads a bounded body, calls ``Gateway.predict`` and writes
-the ``Reply``.  Anything unexpected becomes a one-line 500 for that request only; the
-server keeps serving.
+The handler is a thin shell: it checks the framing with the contract's
+``bentos.api.declared_length`` (411/400/413 before a byte of the body is read), reads the
+body, calls ``Gateway.predict`` and writes the ``Reply``; 404/405 are the contract's too.
+Anything unexpected becomes a one-line 500 for that request only; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bentoedge.bentos.api import DEFAULT_MAX_PAYLOAD, JSON
+from bentoedge.bentos.api import (
+    DEFAULT_MAX_PAYLOAD,
+    JSON,
+    Reply,
+    declared_length,
+    error_reply,
+    json_reply,
+    method_not_allowed,
+    not_found,
+)
+from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.openapi import device_document
 from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.breaker import CircuitBreaker
 from bentoedge.edge.cloud_client import CloudClient
 from bentoedge.edge.config import AgentConfig
-from bentoedge.edge.gateway import Gateway, MemoryProbe, Reply, json_reply
+from bentoedge.edge.gateway import Gateway, MemoryProbe
 from bentoedge.edge.metrics import Metrics
-from bentoedge.edge.openapi import document
 from bentoedge.edge.router import RouterPolicy
 
 log = logging.getLogger("bentoedge.agent")
@@ -135,12 +146,10 @@ class AgentServer:
         path = path.split("?", 1)[0]
         if path in ("/predict", "/invocations"):
             if method != "POST":
-                return json_reply(405, {"error": f"{path} takes POST with {{\"inputs\": {{...}}}}"}, {"Allow": "POST"})
+                return method_not_allowed(path, "POST")
             return self.gateway.predict(body, content_type, accept)
         if method != "GET":
-            if path in _GET_PATHS:
-                return json_reply(405, {"error": f"{path} takes GET"}, {"Allow": "GET"})
-            return json_reply(404, {"error": f"no route {path}; see /docs.json"})
+            return method_not_allowed(path, "GET") if path in _GET_PATHS else not_found(path)
         if path == "/livez" or path == "/healthz":
             return json_reply(200, {"status": "alive"})
         if path == "/readyz":
@@ -153,8 +162,9 @@ class AgentServer:
             return json_reply(200, self.status())
         if path == "/docs.json":
             model = self.active.get()
-            return json_reply(200, document(None if model is None else model.signature, self.config.agent_version))
-        return json_reply(404, {"error": f"no route {path}; see /docs.json"})
+            return json_reply(200, device_document(None if model is None else model.signature,
+                                                   self.config.agent_version))
+        return not_found(path)
 
     def _not_ready_reason(self) -> str:
         if self.config.mode == "edge_only":
@@ -229,26 +239,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(reply)
 
     def _body(self, method: str, limit: int) -> tuple[bytes, Reply | None]:
-        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
-            self.close_connection = True
-            return b"", json_reply(411, {"error": "chunked bodies are not accepted; send a Content-Length"})
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            if method == "POST":
-                self.close_connection = True
-                return b"", json_reply(411, {"error": "send a Content-Length header with the request body"})
-            return b"", None
+        """The body, or the contract's refusal of its framing (then the connection closes)."""
         try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+            length = declared_length(method, self.headers.get("Content-Length"),
+                                     self.headers.get("Transfer-Encoding"), limit)
+        except RequestError as exc:
+            # Do not read it: closing is cheaper than draining megabytes, and the framing of
+            # whatever follows on this connection cannot be trusted.
             self.close_connection = True
-            return b"", json_reply(400, {"error": f"Content-Length {raw!r} is not a byte count"})
-        if length > limit:
-            # Do not read it: close the connection instead of draining megabytes.
-            self.close_connection = True
-            return b"", json_reply(413, {"error": f"the request body is {length} bytes; the limit is {limit}"})
+            return b"", error_reply(exc)
         body = self.rfile.read(length) if length else b""
         if len(body) != length:
             self.close_connection = True

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bentoedge.bentos import api
-from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature, TensorSpec
 
 SIG = Signature(
@@ -144,3 +144,84 @@ def test_response_and_npz_round_trip() -> None:
     json.dumps(nan, allow_nan=False)  # valid JSON, not the NaN token
     back = api.decode_npz(api.encode_npz(out))
     np.testing.assert_array_equal(back["y"], out["y"])
+
+
+# -- framing, answers and the answer check: what both servers and the cloud client share -----
+
+@pytest.mark.parametrize(("method", "length", "encoding", "want"), [
+    ("POST", "10", None, 10), ("POST", "0", "identity", 0), ("GET", None, None, 0),
+    ("POST", None, None, 411), ("POST", "10", "chunked", 411), ("GET", None, "chunked", 411),
+    ("POST", "ten", None, 400), ("POST", "-1", None, 400), ("POST", "101", None, 413), ("GET", "101", None, 413),
+])
+def test_declared_length_refuses_before_reading(method: str, length: str | None, encoding: str | None,
+                                                want: int) -> None:
+    if want < 400:
+        assert api.declared_length(method, length, encoding, 100) == want
+        return
+    with pytest.raises(RequestError) as info:
+        api.declared_length(method, length, encoding, 100)
+    assert info.value.status == want
+
+
+def test_the_limit_is_said_one_way() -> None:
+    with pytest.raises(RequestError) as declared:
+        api.declared_length("POST", "101", None, 100)
+    with pytest.raises(RequestError) as read:
+        api.parse_request(b"x" * 101, "application/json", SIG, max_payload=100)
+    assert declared.value.message == read.value.message == "the request body is 101 bytes; the limit is 100"
+    api.check_size(100, 100)  # at the limit is fine
+
+
+def test_prediction_reply_negotiates_and_names_the_placement() -> None:
+    out = {"y": np.ones((1, 3), np.float32)}
+    as_json = api.prediction_reply(out, "tiny", "v2", "cloud", "*/*")
+    assert as_json.status == 200 and as_json.content_type == api.JSON
+    assert as_json.headers == {api.HEADER_SERVED_BY: "cloud", api.HEADER_VERSION: "v2", api.HEADER_MODEL: "tiny"}
+    assert api.read_answer(200, as_json.body, as_json.content_type) == api.response_json(out, "tiny", "v2", "cloud")
+    as_npz = api.prediction_reply(out, "tiny", "v2", "edge", "application/x-npz, application/json;q=0.5")
+    assert as_npz.content_type == api.NPZ and as_npz.headers[api.HEADER_SERVED_BY] == "edge"
+    assert api.read_answer(200, as_npz.body, "application/x-npz") is None
+    assert api.placement_headers("cloud", "v2", "", "batch_limit") == {
+        api.HEADER_SERVED_BY: "cloud", api.HEADER_VERSION: "v2", api.HEADER_REASON: "batch_limit"}
+
+
+def test_error_replies() -> None:
+    bad = api.error_reply(RequestError("input 'x' is wrong", input_name="x", status=422))
+    assert bad.status == 422 and json.loads(bad.body) == {"error": "input 'x' is wrong", "input": "x"}
+    assert "Retry-After" not in bad.headers
+    busy = api.error_reply(UnavailableError("busy", "overloaded"))
+    assert busy.status == 503 and busy.headers["Retry-After"] == "1"
+    assert json.loads(busy.body) == {"error": "busy", "reason": "overloaded"}
+    wrong = api.method_not_allowed("/predict", "POST")
+    assert wrong.status == 405 and wrong.headers == {"Allow": "POST"}
+    assert json.loads(wrong.body)["error"].startswith("/predict takes POST")
+    assert api.not_found("/x").status == 404
+
+
+@pytest.mark.parametrize(("status", "body", "ctype"), [
+    (200, b"\x00\xffnot json", "application/json"),
+    (200, b"[1]", "application/json"),
+    (200, b'{"model": {}}', "application/json"),
+    (200, b"PK not an archive", "application/x-npz"),
+    (422, b'{"input": "x"}', "application/json"),
+    (503, b"Service Unavailable", "text/plain"),
+])
+def test_answers_without_the_contracts_shape_are_refused(status: int, body: bytes, ctype: str) -> None:
+    with pytest.raises(api.AnswerError):
+        api.read_answer(status, body, ctype)
+
+
+def test_one_openapi_text_for_both_servers() -> None:
+    from bentoedge.bentos.openapi import device_document, prediction_paths
+
+    device = device_document(SIG, "1.0")["paths"]
+    cloud = prediction_paths(None, ("cloud",))
+    for path in ("/predict", "/invocations"):
+        assert path in device and path in cloud
+        responses = device[path]["post"]["responses"]
+        assert {"400", "411", "413", "415", "422", "503"} <= set(responses)
+        assert api.HEADER_REASON in responses["200"]["headers"]
+    schema = device["/predict"]["post"]["requestBody"]["content"][api.JSON]["schema"]["properties"]["inputs"]
+    assert schema["required"] == ["ids", "x"] and schema["properties"]["x"]["description"] == "float32[?, 4]"
+    enum = cloud["/predict"]["post"]["responses"]["200"]["content"][api.JSON]["schema"]["properties"]["served_by"]
+    assert enum["enum"] == ["cloud"]

@@ -1,4 +1,10 @@
-"""The cloud service as a real `bentoml serve` process on loopback: contract, batching, refusal."""
+"""The cloud service as a real `bentoml serve` process on loopback: answers, batching, refusal.
+
+The contract's cases (every 4xx, 405/404, framing, headers, both media types) run against
+this server and the device alike in tests/conformance; here is what only the cloud does:
+its ONNX Runtime answers, SageMaker's routes, BentoML's batching and metrics, and
+refusing to start on a tampered artifact.
+"""
 
 from __future__ import annotations
 
@@ -80,37 +86,6 @@ def test_health_metrics_and_openapi(tiny_server: str) -> None:
     assert status == 200 and "/predict" in paths and "requestBody" in paths["/predict"]["post"]
 
 
-BAD = [
-    (b"{not json", "application/json", 400, None),
-    (b"", "application/json", 400, None),
-    (json.dumps({"x": [[0.0] * 64]}).encode(), "application/json", 400, None),
-    (json.dumps({"inputs": {"y": [[0.0] * 64]}}).encode(), "application/json", 400, "y"),
-    (json.dumps({"inputs": {"x": [[0.0] * 63]}}).encode(), "application/json", 422, "x"),
-    (json.dumps({"inputs": {"x": [["a"] * 64]}}).encode(), "application/json", 422, "x"),
-    (b'{"inputs": {"x": [[NaN' + b", 0.0" * 63 + b"]]}}", "application/json", 422, "x"),
-    (json.dumps({"inputs": {"x": [[0.0] * 64, [0.0] * 3]}}).encode(), "application/json", 422, "x"),
-    (b"PK\x03\x04 not an archive", NPZ, 400, None),
-    (b"<x/>", "application/xml", 415, None),
-    (b"0" * (80 << 10), "application/json", 413, None),
-]
-
-
-@pytest.mark.parametrize(("body", "ctype", "status", "name"), BAD,
-                         ids=["malformed", "empty", "no-inputs", "wrong-name", "wrong-shape", "strings",
-                              "nan", "ragged", "bad-npz", "media-type", "oversized"])
-def test_bad_input_gets_4xx_and_server_keeps_serving(tiny_server: str, body: bytes, ctype: str, status: int,
-                                                     name: str | None) -> None:
-    got, _, raw = post(tiny_server, body, content_type=ctype)
-    assert got == status, raw
-    doc = json.loads(raw)
-    assert doc["error"]
-    if name is not None:
-        assert doc["input"] == name
-    if name == "x" and status == 422 and "shape" in doc["error"]:
-        assert "float32[?, 64]" in doc["error"]
-    predict_json(tiny_server, np.zeros((1, 64), dtype=np.float32))
-
-
 def test_concurrent_requests_are_batched(tiny_server: str, tiny_sealed: TinySealed) -> None:
     def batch_stats() -> tuple[float, float]:
         text = get(tiny_server + "/metrics")[1].decode()
@@ -153,9 +128,3 @@ def test_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
     finally:
         stop_server(proc)
     assert re.search(r"refusing to serve tampered:v1: .*modified", log.read_text())
-
-
-def test_wrong_method_is_a_json_error_like_the_device(tiny_server: str) -> None:
-    status, raw = get(tiny_server + "/predict")  # GET, not POST
-    assert status == 405
-    assert "/predict" in json.loads(raw)["error"]

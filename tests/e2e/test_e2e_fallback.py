@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,9 +26,8 @@ from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.server import AgentServer
 
 pytestmark = pytest.mark.slow
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-if "BENTOML_HOME" not in os.environ:  # tests/conftest.py normally does this
-    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoedge-e2e-bentoml-")
+# tests/conftest.py has pointed BENTOML_HOME (and TMPDIR) at the session's own folder.
+assert "BENTOML_HOME" in os.environ, "run under tests/conftest.py"
 
 W = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3)
 

@@ -1,0 +1,116 @@
+"""The OpenAPI text of the prediction contract, built once for the device and the cloud.
+
+``bentos.api`` is the contract in code; this is the same contract in words, so that both
+servers document exactly what they answer: /predict and /invocations (SageMaker's name
+for it), JSON or .npz in and out, the x-bentoedge-* placement headers, and every error
+(400, 411, 413, 415, 422, 503).
+
+- ``prediction_paths`` is the /predict and /invocations part; the cloud merges it into
+  the document BentoML serves at /docs.json (``cloud.service``).
+- ``device_document`` is the whole document the device agent serves (``edge.server``),
+  the same paths plus the agent's health and status routes.
+
+What legitimately differs is a parameter: ``served_by`` lists where a server's answers
+may come from (the device forwards, so ``edge`` or ``cloud``; the cloud only ``cloud``).
+Pure and free of web frameworks, because the device imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bentoedge.bentos.api import (
+    HEADER_MODEL,
+    HEADER_REASON,
+    HEADER_SERVED_BY,
+    HEADER_VERSION,
+    JSON,
+    NPZ,
+    describe,
+)
+from bentoedge.bentos.manifest import Signature
+
+TAG = "bentoedge"
+
+
+
+def _inputs_schema(signature: Signature | None) -> dict[str, Any]:
+    """The ``inputs`` object: the model's input names and types when known, any arrays otherwise."""
+    if signature is None:
+        return {"type": "object", "additionalProperties": {"type": "array", "items": {}}}
+    props = {t.name: {"type": "array", "items": {}, "description": describe(t)} for t in signature.inputs}
+    return {"type": "object", "required": sorted(props), "properties": props, "additionalProperties": False}
+
+
+def _error(description: str, field: str = "input") -> dict[str, Any]:
+    """An error answer: ``{"error", "input"}`` for a 4xx, ``{"error", "reason"}`` for a 503."""
+    # Built fresh each time: a caller may edit its document, and must not edit the next one.
+    required = ["error", "reason"] if field == "reason" else ["error"]
+    schema = {"type": "object", "required": required,
+              "properties": {"error": {"type": "string"}, field: {"type": "string"}}}
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def predict_operation(signature: Signature | None, served_by: Sequence[str]) -> dict[str, Any]:
+    """The POST operation of /predict: request body, 200 with its headers, every error."""
+    header = {"schema": {"type": "string"}}
+    return {
+        "tags": [TAG],
+        "summary": "Predict on named inputs (the bentoedge API, the same on devices and in the cloud)",
+        "description": (
+            "Body: JSON {\"inputs\": {\"<input name>\": <nested list>}} or an application/x-npz archive with "
+            "one array per input name, with a Content-Length. Answers {\"outputs\": {...}, \"model\": "
+            "{\"name\", \"version\"}, \"served_by\": ...}, or an .npz of outputs with Accept: application/x-npz; "
+            f"the headers {HEADER_SERVED_BY} and {HEADER_VERSION} name where and what answered."),
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": {"type": "object", "required": ["inputs"],
+                              "properties": {"inputs": _inputs_schema(signature)}}},
+            NPZ: {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {
+            "200": {"description": "outputs by name",
+                    "headers": {HEADER_SERVED_BY: {**header, "description": "edge or cloud"},
+                                HEADER_VERSION: header, HEADER_MODEL: header,
+                                HEADER_REASON: {**header, "description": "why it was forwarded (forwarded answers)"}},
+                    "content": {
+                        JSON: {"schema": {"type": "object", "required": ["outputs", "model", "served_by"],
+                                          "properties": {
+                                              "outputs": {"type": "object"}, "model": {"type": "object"},
+                                              "served_by": {"type": "string", "enum": list(served_by)},
+                                              "fallback_reason": {"type": "string"}}}},
+                        NPZ: {"schema": {"type": "string", "format": "binary"}}}},
+            "400": _error("malformed body, or an unknown or missing input"),
+            "404": _error("no such route"),
+            "405": _error("the route takes another method (see Allow)"),
+            "411": _error("no Content-Length (or a chunked body)"),
+            "413": _error("body too large"),
+            "415": _error("unsupported media type"),
+            "422": _error("an input has the wrong dtype, shape or values"),
+            "503": _error("cannot be answered now (overloaded, no model, cloud unreachable); "
+                          "the reason says why; retry after Retry-After", field="reason")}}
+
+
+def prediction_paths(signature: Signature | None, served_by: Sequence[str]) -> dict[str, Any]:
+    """/predict and /invocations, the same operation under both names."""
+    op = predict_operation(signature, served_by)
+    return {"/predict": {"post": op},
+            "/invocations": {"post": {**op, "summary": "SageMaker's name for POST /predict: the same call"}}}
+
+
+def device_document(signature: Signature | None, version: str) -> dict[str, Any]:
+    """The OpenAPI document the device agent serves at /docs.json."""
+    return {
+        "openapi": "3.0.2",
+        "info": {"title": "bentoedge device agent", "version": version,
+                 "description": "The bentoedge prediction API, served on the device; the same /predict as the cloud."},
+        "paths": {
+            **prediction_paths(signature, ("edge", "cloud")),
+            "/livez": {"get": {"summary": "the process is up", "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "a model is active, or the cloud is usable in this mode",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus text exposition",
+                                 "responses": {"200": {"description": "metrics"}}}},
+            "/status": {"get": {"summary": "active version, last sync, counts, latency, fallback reasons",
+                                "responses": {"200": {"description": "status JSON"}}}},
+        },
+    }
