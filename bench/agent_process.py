@@ -32,7 +32,7 @@ from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
 from bentoedge.bentos.recipients import Keyring  # noqa: E402
 from bentoedge.bentos.sealed import SealedModel  # noqa: E402
 from bentoedge.edge.active import ActiveModel  # noqa: E402
-from bentoedge.edge.config import AgentConfig, Limits  # noqa: E402
+from bentoedge.edge.config import AgentConfig, Limits, Mode  # noqa: E402
 from bentoedge.edge.runtime import load_edge_model  # noqa: E402
 from bentoedge.edge.wiring import wire  # noqa: E402
 
@@ -40,7 +40,7 @@ BENCH_LIMITS: dict[str, Any] = {"max_batch": 64, "max_payload_bytes": 16 << 20, 
                                 "latency_budget_ms": 1e6}
 
 
-def agent_config(port: int = 0, cloud: str = "", mode: str = "prefer_edge", **limits: Any) -> AgentConfig:
+def agent_config(port: int = 0, cloud: str = "", mode: Mode = "prefer_edge", **limits: Any) -> AgentConfig:
     """A config with limits wide enough that only the benchmark's own settings bind."""
     return AgentConfig(device_id="bench", channel="file:///none", cloud=cloud, state="/nonexistent", port=port,
                        mode=mode, cloud_timeout_s=10.0, limits=Limits(**{**BENCH_LIMITS, **limits}))

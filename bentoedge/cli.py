@@ -46,10 +46,11 @@ class LazyGroup(click.Group):
             return None
         module, attr, _ = COMMANDS[cmd_name]
         try:
-            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+            return getattr(importlib.import_module(module), attr)
         except ImportError as exc:
             missing = exc.name or str(exc)
-            extra = {"bentoedge.bentos.cli": "build", "bentoedge.cloud.cli": "cloud", "bentoedge.cloud.channel.cli": "cloud", "bentoedge.edge.cli": "edge"}.get(module, "all")
+            extra = {"bentoedge.bentos.cli": "build", "bentoedge.cloud.cli": "cloud",
+                     "bentoedge.cloud.channel.cli": "cloud", "bentoedge.edge.cli": "edge"}.get(module, "all")
             click.secho(f"error: 'bentoedge {cmd_name}' needs {missing}, which is not installed: "
                         f"pip install 'bentoedge[{extra}]'", fg="red", err=True)
             ctx.exit(2)
@@ -69,6 +70,16 @@ class LazyGroup(click.Group):
             where = f" ({exc.filename})" if exc.filename else ""
             click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
             ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            # A bug of ours, not the user's mistake: still one line, with the way to the detail.
+            if os.environ.get("BENTOEDGE_DEBUG"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            click.secho(f"error: unexpected {type(exc).__name__}: {first} (rerun with BENTOEDGE_DEBUG=1 "
+                        "for the traceback, and please report it)", fg="red", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -46,7 +46,7 @@ ARTIFACT_SUFFIX: Mapping[str | None, str] = MappingProxyType(
 #: Anything else (a path with "/", "..", a hidden file) is refused before it is fetched.
 FILE_RE = re.compile(
     "^(" + "|".join(re.escape(f) for f in REQUIRED_FILES)
-    + "|" + re.escape(ARTIFACTS) + r"/[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+    + "|" + re.escape(ARTIFACTS) + r"/[A-Za-z0-9][A-Za-z0-9._-]{0,127})\Z")  # \Z: "$" would let a trailing newline through
 
 
 def artifact_file(artifact_id: str, runtime: str | None) -> str:
@@ -58,7 +58,7 @@ def artifact_file(artifact_id: str, runtime: str | None) -> str:
 
 #: The rule for model names and versions: both become path segments of the channel and of
 #: the device's state folder, so no '/', no '..', no upper case (case-insensitive disks).
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?\Z")
 
 
 def valid_name(value: object) -> bool:
@@ -191,7 +191,8 @@ class Release:
                 raise FormatError(f"{self.key} lists a file {path!r} outside its version folder; refusing it")
             rels.append(rel)
         if not set(REQUIRED_FILES) <= set(rels):
-            raise FormatError(f"{self.key} lacks {', '.join(REQUIRED_FILES)} on the channel")
+            *first, last = REQUIRED_FILES
+            raise FormatError(f"{self.key} lacks {', '.join(first)} or {last} on the channel")
         return tuple(rels)
 
 

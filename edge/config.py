@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bentoedge.bentos.errors import ConfigError
 from bentoedge.bentos.keystore import default_home, write_private
@@ -25,7 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODES = ("prefer_edge", "edge_only", "cloud_only", "prefer_cloud")
+#: Where the router (``edge.router.decide``) sends requests; the one spelling of the modes.
+Mode = Literal["prefer_edge", "edge_only", "cloud_only", "prefer_cloud"]
+#: The modes in the order the config's error message lists them.
+MODES: tuple[Mode, ...] = get_args(Mode)
 CONFIG_FILE = "agent.toml"
 
 
@@ -51,7 +54,7 @@ class AgentConfig:
     state: str
     port: int = 3000
     host: str = "127.0.0.1"
-    mode: str = "prefer_edge"
+    mode: Mode = "prefer_edge"
     poll_seconds: float = 300.0
     device_class: str = "default"
     agent_version: str = "0.1.0"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bentoedge.edge.config import AgentConfig, Limits
+from bentoedge.edge.config import AgentConfig, Limits, Mode
 
 Route = Literal["edge", "cloud", "reject"]
 
@@ -71,7 +71,7 @@ class DeviceState:
 
 @dataclass(frozen=True)
 class RouterPolicy:
-    mode: str = "prefer_edge"
+    mode: Mode = "prefer_edge"
     limits: Limits = Limits()
     queue_factor: int = 4  # local queue bound = max_inflight x this, when nothing else can answer
 

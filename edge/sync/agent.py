@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.ngclient import Updater
 
+from bentoedge.bentos.channel_layout import METADATA_DIR, TARGETS_DIR, TIMESTAMP_KEY
 from bentoedge.bentos.errors import (
     ChannelError,
     ConfigError,
@@ -62,7 +62,6 @@ log = logging.getLogger("bentoedge.sync")
 Loader = Callable[[SealedModel, Keyring, AgentConfig], ServingModel]
 #: ``crash(point)`` at each named point of a cycle (see the module docstring); tests only.
 CrashHook = Callable[[str], None]
-_FILE = re.compile(r"^(manifest\.json|manifest\.sig|keys\.json|artifacts/[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 
 __all__ = ["CrashHook", "Cycle", "DownloadProgress", "Loader", "SyncAgent", "SyncResult", "describe",
            "load_and_check", "trusted_signers"]
@@ -225,7 +224,7 @@ class SyncAgent:
             raise ConfigError(f"no trusted channel root at {self.state.root_file}; run 'bentoedge agent init'") from None
         base = self.config.channel.rstrip("/")
         self.state.ensure()
-        return tuf_access.open_updater(self.state.tuf, f"{base}/metadata/", f"{base}/targets/", self.fetcher,
+        return tuf_access.open_updater(self.state.tuf, f"{base}/{METADATA_DIR}/", f"{base}/{TARGETS_DIR}/", self.fetcher,
                                        bootstrap)
 
     def _crash(self, point: str) -> None:
@@ -391,7 +390,7 @@ class SyncAgent:
         """One small GET decides a poll with nothing new (see machine.timestamp_unchanged)."""
         if self._verified is None:
             return False
-        url = f"{self.config.channel.rstrip('/')}/metadata/timestamp.json"
+        url = f"{self.config.channel.rstrip('/')}/{TIMESTAMP_KEY}"
         fetched = self.fetcher.download_bytes(url, tuf_access.TIMESTAMP_MAX_LENGTH)
         return machine.timestamp_unchanged(self._last_result(), self._verified, fetched, self.clock())
 
@@ -428,19 +427,11 @@ class SyncAgent:
         return Outcome.OK, choice.reason, replace(cycle, candidate=choice.candidate)
 
     def _download_all(self, updater: Updater, cand: select.Candidate) -> None:
-        prefix = f"{cand.model}/{cand.version}/"
-        rels = []
-        for path in cand.files:
-            rel = path[len(prefix):] if path.startswith(prefix) else ""
-            if not _FILE.match(rel):
-                raise FormatError(f"{cand.key} lists a file {path!r} outside its version folder; refusing it")
-            rels.append(rel)
-        if "manifest.json" not in rels or "manifest.sig" not in rels or "keys.json" not in rels:
-            raise FormatError(f"{cand.key} lacks manifest.json, manifest.sig or keys.json on the channel")
+        rels = cand.relative_files()  # refuses a file outside the version folder, or a record lacking one
         staging = self.state.staging_dir(cand.version)
         self.state.restage(cand.version)  # installed by a cycle that ended before its commit
         self.state.prune(keep_staging=cand.version)  # an abandoned download of another version
-        targets_url = f"{self.config.channel.rstrip('/')}/targets/"
+        targets_url = f"{self.config.channel.rstrip('/')}/{TARGETS_DIR}/"
         checkpoint = (lambda: self._crash("download-chunk")) if self.crash is not None else None
         for path, rel in zip(cand.files, rels, strict=True):
             info = updater.get_targetinfo(path)

@@ -17,6 +17,8 @@ from typing import Protocol
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
 
+from bentoedge.bentos.channel_layout import hashed_name
+
 #: ``progress(path, total_bytes, already_have)`` when a target download starts; returns a
 #: callback for each chunk's size (``bentoedge agent sync`` draws a bar with it).
 DownloadProgress = Callable[[str, int, int], Callable[[int], None]]
@@ -35,8 +37,7 @@ class ResumingFetcher(Protocol):
 def target_url(targets_url: str, info: TargetFile) -> str:
     """Where the channel keeps ``info`` under consistent snapshots: ``DIR/SHA256.NAME``, so
     a republished path is a new object and no cache serves the old bytes for it."""
-    dirname, sep, base = info.path.rpartition("/")
-    return f"{targets_url}{dirname}{sep}{info.hashes['sha256']}.{base}"
+    return targets_url + hashed_name(info.path, info.hashes["sha256"])
 
 
 def fetch_target(fetcher: ResumingFetcher, url: str, info: TargetFile, dest: Path, *,

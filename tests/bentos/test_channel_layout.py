@@ -112,3 +112,10 @@ def test_a_record_at_another_path_is_skipped_by_both() -> None:
     assert cands == [] and "not where it is published" in skipped[0]
     with pytest.raises(Exception, match="not where it is published"):
         repo.releases(targets)
+
+
+def test_a_trailing_newline_is_no_loophole() -> None:
+    """``$`` matches before a final newline; the rules end at the true end of the string."""
+    assert layout.FILE_RE.match("manifest.json") and not layout.FILE_RE.match("manifest.json\n")
+    assert not layout.FILE_RE.match("artifacts/a.enc\n")
+    assert layout.valid_name("v1") and not layout.valid_name("v1\n")
