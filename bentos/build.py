@@ -162,6 +162,8 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
     _note(progress, f"quality gate on {_count(val)} validation samples")
     reference = convert.reference(src)
     ref_out = reference(val)
+    if (why := quality.check_labels(ref_out, labels)) is not None:
+        raise DataError(why)
     rows: list[quality.Row] = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for art_id, run in runners.items():
@@ -172,8 +174,8 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
         rows.extend(quality.compare(art_id, ref_out, outputs[art_id], labels, opts.max_drop))
     bad = quality.failed(rows)
     if bad and not opts.accept_quality:
-        raise QualityGateError(f"quality gate failed: {quality.summary(rows)}; lower the precision, "
-                               "raise --max-drop or pass --accept-quality", report=rows)
+        raise QualityGateError(f"quality gate failed: {quality.summary(rows)}; {quality.next_step(bad)}",
+                               report=rows)
 
     _note(progress, "recording golden samples")
     n = max(1, min(opts.golden_count, _count(val)))

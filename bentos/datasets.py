@@ -44,6 +44,9 @@ def check_arrays(arrays: Mapping[str, np.ndarray], sig: Signature,
             raise DataError(f"{role} data has no array for input {t.name!r} (has {have}); "
                             f"save one array per input named {', '.join(names)}")
         arr = np.asarray(arrays[key])
+        if not t.shape:
+            raise DataError(f"input {t.name!r} is a scalar (rank 0), so {role} data cannot hold samples of it "
+                            "along a first axis; build this model without data: --edge none --cloud fp32")
         if arr.dtype.kind not in "fiub":
             raise DataError(f"{role} array {key!r} has dtype {arr.dtype}; input {t.name!r} takes {t.dtype}")
         if arr.ndim != len(t.shape):

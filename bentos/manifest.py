@@ -50,15 +50,47 @@ def check_version(version: str) -> str:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an integer tensor of the artifact maps to the float32 the API speaks.
+
+    ``real = (integer - zero_point) * scale``.  Recorded for models whose own inputs or
+    outputs are integers (published quantized TFLite files): callers send and receive
+    float32, and the runtime binding quantizes at the boundary.
+    """
+
+    dtype: str
+    scale: float
+    zero_point: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Quantization:
+        dtype, scale, zero = _get(d, "dtype", str), _get(d, "scale", (int, float)), _get(d, "zero_point", int)
+        if dtype not in ("int8", "uint8", "int16") or not (scale > 0) or scale != scale:
+            raise FormatError(f"quantization needs an int8/uint8/int16 dtype and a positive scale, got {dtype} {scale}")
+        return cls(dtype, float(scale), int(zero))
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """One named input or output: dtype and shape, ``None`` for a dynamic dimension."""
+    """One named input or output: dtype and shape, ``None`` for a dynamic dimension.
+
+    ``dtype`` is what the API speaks; ``quantized``, when set, is the integer form the
+    model itself holds (the manifest carries it only then, so older manifests read the same).
+    """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
+    quantized: Quantization | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.quantized is not None:
+            out["quantized"] = self.quantized.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
@@ -67,7 +99,10 @@ class TensorSpec:
             raise FormatError(f"tensor {name!r}: unsupported dtype {dtype!r}")
         if not all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 0) for s in shape):
             raise FormatError(f"tensor {name!r}: shape entries must be non-negative integers or null")
-        return cls(name, dtype, tuple(shape))
+        quantized = Quantization.from_dict(_get(d, "quantized", dict)) if "quantized" in d else None
+        if quantized is not None and dtype != "float32":
+            raise FormatError(f"tensor {name!r}: a quantized tensor is float32 at the API, not {dtype}")
+        return cls(name, dtype, tuple(shape), quantized)
 
 
 @dataclass(frozen=True)

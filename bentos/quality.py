@@ -119,7 +119,64 @@ def compare(artifact: str, reference: Mapping[str, np.ndarray], candidate: Mappi
         rows.append(_row(artifact, name, "max_abs_error", 0.0, float(err.max()) if err.size else 0.0, None, None))
         rows.append(_row(artifact, name, "mean_abs_error", 0.0, float(err.mean()) if err.size else 0.0, None, None))
         rows.append(_row(artifact, name, "cosine_similarity", 1.0, cosine(ref64, got), 1.0 - max_drop, "min"))
+        # Cosine alone is blind to an offset or a scale error on a regression output: judge the
+        # mean error against the output's own spread too (RELATIVE_ERROR_FACTOR x max_drop).
+        rows.append(_row(artifact, name, "relative_mean_error", 0.0, relative_mean_error(ref64, got),
+                         RELATIVE_ERROR_FACTOR * max_drop, "max"))
     return rows
+
+
+#: The relative mean error budget is this many times --max-drop (0.1 of the spread at 0.01).
+RELATIVE_ERROR_FACTOR = 10.0
+
+
+def relative_mean_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean absolute error over the reference's own scale (its standard deviation, else its
+    mean magnitude), so a budget means the same for outputs in [0, 1] and in [0, 1000]."""
+    ref, got = np.ravel(reference).astype(np.float64), np.ravel(candidate).astype(np.float64)
+    if ref.size == 0:
+        return 0.0
+    err = float(np.mean(np.abs(got - ref)))
+    scale = float(np.std(ref)) or float(np.mean(np.abs(ref)))
+    if scale == 0.0:
+        return 0.0 if err == 0.0 else float("inf")
+    return err / scale
+
+
+def check_labels(reference: Mapping[str, np.ndarray], labels: np.ndarray | None) -> str | None:
+    """Why ``labels`` cannot belong to this model (None when they fit one of its outputs).
+
+    Labels are class ids for a classifier output of shape (N, C); ids outside 0..C-1 mean the
+    data is for another model, which must not pass silently as "no accuracy figure".
+    """
+    if labels is None:
+        return None
+    lab = np.asarray(labels)
+    scores = {n: np.asarray(r) for n, r in reference.items() if np.asarray(r).ndim == 2 and np.asarray(r).shape[1] >= 2}
+    if any(_labels_fit(lab, r) for r in scores.values()):
+        return None
+    found = f"labels range {int(lab.min())}..{int(lab.max())}" if lab.size else "no labels"
+    if not scores:
+        return f"validation has {found} but the model has no (samples, classes) output to check them against"
+    classes = ", ".join(f"{n!r} has {r.shape[1]} classes" for n, r in scores.items())
+    return f"validation {found} do not fit the model ({classes}); check the file belongs to this model"
+
+
+#: The precision to try next when one fails its gate, by target.
+NEXT_PRECISION = {"edge": {"int8": "dynamic", "dynamic": "fp16", "fp16": "fp32"},
+                  "cloud": {"int8": "fp16", "fp16": "fp32"}}
+
+
+def next_step(failed_rows: list[Row]) -> str:
+    """What to try after a failed gate: the next precision up for each artifact that failed."""
+    tries: list[str] = []
+    for art in dict.fromkeys(r.artifact for r in failed_rows):
+        target, _, precision = art.partition("-")
+        up = NEXT_PRECISION.get(target, {}).get(precision)
+        if up and f"--{target} {up}" not in tries:
+            tries.append(f"--{target} {up}")
+    first = f"try {' '.join(tries)} (the next precision up), " if tries else ""
+    return f"{first}raise --max-drop or pass --accept-quality"
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

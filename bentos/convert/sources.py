@@ -14,6 +14,7 @@ read with the same LiteRT binding (``bentos.runtimes.litert``) devices run.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from bentoedge.bentos.convert.common import first_line, onnx, tf
 from bentoedge.bentos.errors import BentoEdgeError, SourceError
-from bentoedge.bentos.manifest import DTYPES, Signature, TensorSpec
+from bentoedge.bentos.manifest import DTYPES, Quantization, Signature, TensorSpec
 from bentoedge.bentos.runtimes import litert
 
 KINDS = ("keras", "savedmodel", "onnx", "tflite")
@@ -166,7 +167,8 @@ def onnx_signature(data: bytes) -> Signature:
         t = v.type.tensor_type
         if t.elem_type not in _ONNX_DTYPES:
             raise SourceError(f"ONNX tensor {v.name!r} has an unsupported element type {t.elem_type}")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        # Exporters write a dynamic dim as a symbol, as nothing, or as dim_value -1 (or 0).
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim)
         return TensorSpec(v.name, _ONNX_DTYPES[t.elem_type], dims)
 
     inputs = tuple(spec(v) for v in model.graph.input if v.name not in inits)
@@ -185,16 +187,49 @@ def open_tflite(data: bytes) -> Any:
 
 
 def tflite_signature(data: bytes) -> tuple[Signature, str]:
-    """The signature of a TFLite model (its signature's names, else tensor names) and its precision."""
+    """The signature of a TFLite model and its precision.
+
+    With a SignatureDef its names are used; without one (most published files) the tensor
+    names, in the model's order, made API-safe and unique (``api_names``).  Integer inputs
+    and outputs that carry a scale are float32 at the API, with the integer form recorded.
+    """
     interp = open_tflite(data)
-    ins, outs, _ = litert.io_details(interp)
+    ins, outs, named = litert.io_details(interp)
+    if named:
+        in_items, out_items = list(ins.items()), list(outs.items())
+    else:  # by position, as the binding binds them: two tensors may share a name
+        in_list, out_list = interp.get_input_details(), interp.get_output_details()
+        in_items = list(zip(api_names([litert.tensor_name(d) for d in in_list], "input"), in_list, strict=True))
+        out_items = list(zip(api_names([litert.tensor_name(d) for d in out_list], "output"), out_list, strict=True))
 
     def spec(name: str, d: Mapping[str, Any]) -> TensorSpec:
         dims = d.get("shape_signature", d["shape"])
-        return TensorSpec(name, _dtype_name(d["dtype"]), _shape([int(x) for x in dims]))
+        dtype = _dtype_name(d["dtype"])
+        scale, zero = d.get("quantization", (0.0, 0))
+        if dtype in ("int8", "uint8", "int16") and scale:
+            return TensorSpec(name, "float32", _shape([int(x) for x in dims]), Quantization(dtype, float(scale), int(zero)))
+        return TensorSpec(name, dtype, _shape([int(x) for x in dims]))
 
-    sig = _checked(Signature(tuple(spec(n, d) for n, d in ins.items()), tuple(spec(n, d) for n, d in outs.items())))
+    sig = _checked(Signature(tuple(spec(n, d) for n, d in in_items), tuple(spec(n, d) for n, d in out_items)))
     return sig, tflite_precision(interp)
+
+
+def api_names(raw: list[str], kind: str) -> list[str]:
+    """Tensor names a client can type: ``[A-Za-z0-9_.-]`` only, never empty, unique in order.
+
+    Converters leave names such as ``serving_default_input_1`` or
+    ``model/conv2d/BiasAdd;model/conv2d/Conv2D``; the last path segment is what a person
+    recognises, and a clash gets ``_2``, ``_3`` ...
+    """
+    out: list[str] = []
+    for i, name in enumerate(raw):
+        tail = name.split(";")[0].rstrip("/").split("/")[-1]
+        clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", tail).strip("_.-") or f"{kind}_{i}"
+        candidate, n = clean, 2
+        while candidate in out:
+            candidate, n = f"{clean}_{n}", n + 1
+        out.append(candidate)
+    return out
 
 
 def tflite_precision(interp: Any) -> str:

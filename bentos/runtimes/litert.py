@@ -152,6 +152,10 @@ class LiteRTModel:
         self._shapes = {n: tuple(d["shape"]) for n, d in in_details.items()}
         self._signature_shapes = {n: tuple(int(x) for x in d.get("shape_signature", d["shape"]))
                                   for n, d in in_details.items()}
+        # A graph whose batch is fixed at 1 (most published files) may resize without an error
+        # and still answer for one sample only; a batch is run one sample at a time instead.
+        self._batch_of_one = bool(self._signature_shapes) and all(
+            len(s) > 0 and s[0] == 1 for s in self._signature_shapes.values())
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for ``inputs`` by name (resize, set, invoke, get).
@@ -160,6 +164,10 @@ class LiteRTModel:
         segfaults on the next allocate), so it is replaced before the error goes up.
         """
         try:
+            rows = {len(v) for v in inputs.values() if np.ndim(v)}
+            if self._batch_of_one and len(rows) == 1 and (n := rows.pop()) > 1:
+                parts = [self._run({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(n)]
+                return {name: np.concatenate([p[name] for p in parts]) for name in self._outputs}
             return self._run(inputs)
         except Exception:
             try:

@@ -68,11 +68,20 @@ class OnnxModel:
         self._out = want_out if set(sess_out) == set(want_out) else sess_out
         self._out_names = want_out
         self._types = {i.name: i.type for i in self.session.get_inputs()}
+        # Many exported graphs (tf2onnx from a TFLite file, tracing exporters) fix the batch
+        # at 1; such a model still answers a batch, one sample at a time.
+        shapes = [i.shape for i in self.session.get_inputs()]
+        self.batch_of_one = bool(shapes) and all(len(s) > 0 and s[0] == 1 for s in shapes)
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for ``inputs`` by name."""
         feed = {self._in[k]: _cast(v, self._types[self._in[k]]) for k, v in inputs.items()}
-        values = self.session.run(self._out, feed)
+        n = {len(v) for v in feed.values() if v.ndim}
+        if self.batch_of_one and len(n) == 1 and (rows := n.pop()) > 1:
+            parts = [self.session.run(self._out, {k: v[i:i + 1] for k, v in feed.items()}) for i in range(rows)]
+            values = [np.concatenate([p[j] for p in parts]) for j in range(len(self._out))]
+        else:
+            values = self.session.run(self._out, feed)
         return dict(zip(self._out_names, values, strict=True))
 
 

@@ -53,7 +53,8 @@ def test_regression_outputs_use_errors_and_cosine() -> None:
     ref = RNG.standard_normal((50, 3))
     close = ref + 1e-3
     rows = by_metric(quality.compare("a", {"y": ref}, {"y": close}, None, 0.01))
-    assert set(rows) == {"finite", "max_abs_error", "mean_abs_error", "cosine_similarity"}
+    assert set(rows) == {"finite", "max_abs_error", "mean_abs_error", "cosine_similarity", "relative_mean_error"}
+    assert rows["relative_mean_error"].passed
     assert abs(rows["max_abs_error"].value - 1e-3) < 1e-6 and rows["cosine_similarity"].passed
     far = by_metric(quality.compare("a", {"y": ref}, {"y": -ref}, None, 0.01))
     assert far["cosine_similarity"].value == -1.0 and not far["cosine_similarity"].passed
@@ -110,3 +111,30 @@ def test_rows_are_consistent(n: int, c: int, max_drop: float, seed: int) -> None
         if row.metric == "accuracy":
             assert row.budget is not None and row.baseline is not None
             assert abs(row.budget - (row.baseline - max_drop)) < 1e-5
+
+
+def test_an_offset_that_cosine_forgives_fails_the_relative_error() -> None:
+    """A regression output shifted by its own spread keeps a high cosine (the blind spot)."""
+    ref = 100.0 + RNG.standard_normal((200, 1))
+    shifted = ref + 1.0
+    rows = by_metric(quality.compare("cloud-int8", {"y": ref}, {"y": shifted}, None, 0.01))
+    assert rows["cosine_similarity"].passed
+    assert not rows["relative_mean_error"].passed and abs(rows["relative_mean_error"].value - 1.0) < 0.1
+    assert quality.next_step(quality.failed(list(rows.values()))).startswith("try --cloud fp16")
+
+
+def test_labels_that_cannot_belong_to_the_model_are_named() -> None:
+    three = np.full((7, 3), 1 / 3)
+    assert quality.check_labels({"p": three}, np.arange(7) % 3) is None
+    why = quality.check_labels({"p": three}, np.arange(7))
+    assert why is not None and "0..6" in why and "3 classes" in why
+    assert quality.check_labels({"y": RNG.standard_normal((7,))}, np.arange(7)) is not None
+
+
+@given(st.sampled_from(["edge-int8", "edge-dynamic", "edge-fp16", "cloud-int8", "cloud-fp16"]))
+def test_next_step_names_a_higher_precision(artifact: str) -> None:
+    row = quality.Row(artifact, "y", "cosine_similarity", 1.0, 0.5, 0.99, "min", False)
+    target, _, precision = artifact.partition("-")
+    order = ["int8", "dynamic", "fp16", "fp32"] if target == "edge" else ["int8", "fp16", "fp32"]
+    suggested = quality.next_step([row]).split()[2]
+    assert order.index(suggested) > order.index(precision)
