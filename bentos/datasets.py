@@ -36,6 +36,13 @@ def load_npz(path: Path, sig: Signature, role: str) -> tuple[dict[str, np.ndarra
 def check_arrays(arrays: Mapping[str, np.ndarray], sig: Signature,
                  role: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     names = [t.name for t in sig.inputs]
+    scalars = [t.name for t in sig.inputs if not t.shape]
+    if scalars:
+        # Data holds samples along a first axis, and a rank-0 input has none (a sample rate
+        # beside a recurrent state, say): such a model cannot be gated or sampled yet.
+        raise DataError(f"input {scalars[0]!r} is a scalar (rank 0), so {role} data cannot hold samples of it; "
+                        "bentoedge cannot gate models with scalar inputs yet: wrap the model so the value is a "
+                        "constant or a [batch] input")
     inputs: dict[str, np.ndarray] = {}
     for t in sig.inputs:
         key = t.name if t.name in arrays else ("x" if len(sig.inputs) == 1 and "x" in arrays else None)
@@ -44,9 +51,6 @@ def check_arrays(arrays: Mapping[str, np.ndarray], sig: Signature,
             raise DataError(f"{role} data has no array for input {t.name!r} (has {have}); "
                             f"save one array per input named {', '.join(names)}")
         arr = np.asarray(arrays[key])
-        if not t.shape:
-            raise DataError(f"input {t.name!r} is a scalar (rank 0), so {role} data cannot hold samples of it "
-                            "along a first axis; build this model without data: --edge none --cloud fp32")
         if arr.dtype.kind not in "fiub":
             raise DataError(f"{role} array {key!r} has dtype {arr.dtype}; input {t.name!r} takes {t.dtype}")
         if arr.ndim != len(t.shape):

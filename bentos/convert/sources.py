@@ -210,8 +210,19 @@ def tflite_signature(data: bytes) -> tuple[Signature, str]:
             return TensorSpec(name, "float32", _shape([int(x) for x in dims]), Quantization(dtype, float(scale), int(zero)))
         return TensorSpec(name, dtype, _shape([int(x) for x in dims]))
 
-    sig = _checked(Signature(tuple(spec(n, d) for n, d in in_items), tuple(spec(n, d) for n, d in out_items)))
+    ins_spec = [spec(n, d) for n, d in in_items]
+    outs_spec = [spec(n, d) for n, d in out_items]
+    if ins_spec and all(t.shape[:1] == (1,) for t in ins_spec):
+        # A batch fixed at 1 (most published files): the bindings run a batch one sample at a
+        # time, so the API takes any batch and the signature says so.
+        ins_spec = [_free_batch(t) for t in ins_spec]
+        outs_spec = [_free_batch(t) if t.shape[:1] == (1,) else t for t in outs_spec]
+    sig = _checked(Signature(tuple(ins_spec), tuple(outs_spec)))
     return sig, tflite_precision(interp)
+
+
+def _free_batch(t: TensorSpec) -> TensorSpec:
+    return TensorSpec(t.name, t.dtype, (None, *t.shape[1:]), t.quantized)
 
 
 def api_names(raw: list[str], kind: str) -> list[str]:

@@ -156,6 +156,8 @@ class LiteRTModel:
         # and still answer for one sample only; a batch is run one sample at a time instead.
         self._batch_of_one = bool(self._signature_shapes) and all(
             len(s) > 0 and s[0] == 1 for s in self._signature_shapes.values())
+        if self._batch_of_one:  # so the batch is free for the router too
+            self._signature_shapes = {n: (-1, *s[1:]) for n, s in self._signature_shapes.items()}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for ``inputs`` by name (resize, set, invoke, get).
