@@ -29,7 +29,7 @@ from bentoedge.bentos.api import (
     NPZ,
     describe,
 )
-from bentoedge.bentos.manifest import Signature
+from bentoedge.bentos.manifest import Signature, TensorSpec
 
 TAG = "bentoedge"
 
@@ -39,8 +39,17 @@ def _inputs_schema(signature: Signature | None) -> dict[str, Any]:
     """The ``inputs`` object: the model's input names and types when known, any arrays otherwise."""
     if signature is None:
         return {"type": "object", "additionalProperties": {"type": "array", "items": {}}}
-    props = {t.name: {"type": "array", "items": {}, "description": describe(t)} for t in signature.inputs}
+    props = {t.name: {"type": "array", "items": {}, "description": _text(t)} for t in signature.inputs}
     return {"type": "object", "required": sorted(props), "properties": props, "additionalProperties": False}
+
+
+def _text(t: TensorSpec) -> str:
+    """The tensor's type, and for a model with integer I/O how floats are quantized for it."""
+    if t.quantized is None:
+        return describe(t)
+    q = t.quantized
+    return (f"{describe(t)}; the model holds it as {q.dtype} (scale {q.scale:g}, zero point {q.zero_point}): "
+            "send and receive float32, quantized at the boundary")
 
 
 def _error(description: str, field: str = "input") -> dict[str, Any]:
@@ -55,6 +64,10 @@ def _error(description: str, field: str = "input") -> dict[str, Any]:
 def predict_operation(signature: Signature | None, served_by: Sequence[str]) -> dict[str, Any]:
     """The POST operation of /predict: request body, 200 with its headers, every error."""
     header = {"schema": {"type": "string"}}
+    outputs: dict[str, Any] = {"type": "object"}
+    if signature is not None:
+        outputs["properties"] = {t.name: {"type": "array", "items": {}, "description": _text(t)}
+                                 for t in signature.outputs}
     return {
         "tags": [TAG],
         "summary": "Predict on named inputs (the bentoedge API, the same on devices and in the cloud)",
@@ -75,7 +88,7 @@ def predict_operation(signature: Signature | None, served_by: Sequence[str]) -> 
                     "content": {
                         JSON: {"schema": {"type": "object", "required": ["outputs", "model", "served_by"],
                                           "properties": {
-                                              "outputs": {"type": "object"}, "model": {"type": "object"},
+                                              "outputs": outputs, "model": {"type": "object"},
                                               "served_by": {"type": "string", "enum": list(served_by)},
                                               "fallback_reason": {"type": "string"}}}},
                         NPZ: {"schema": {"type": "string", "format": "binary"}}}},

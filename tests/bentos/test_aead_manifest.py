@@ -157,3 +157,18 @@ def test_manifest_rejects_bad_values() -> None:
             Manifest.from_dict(d)
     with pytest.raises(FormatError):
         Manifest.from_bytes(b"\xff")
+
+
+def test_tensor_quantization_round_trips_and_bad_ones_are_refused() -> None:
+    from bentoedge.bentos.errors import FormatError
+    from bentoedge.bentos.manifest import Quantization, TensorSpec
+
+    spec = TensorSpec("audio", "float32", (None, 40), Quantization("uint8", 0.5, 3))
+    assert TensorSpec.from_dict(spec.to_dict()) == spec
+    assert "quantized" not in TensorSpec("x", "float32", (None,)).to_dict()  # older manifests read the same
+    for bad in ({"dtype": "int8", "scale": 0.0, "zero_point": 0}, {"dtype": "float16", "scale": 1.0, "zero_point": 0},
+                {"dtype": "int8", "scale": float("nan"), "zero_point": 0}, {"dtype": "int8", "scale": 1.0}):
+        with pytest.raises(FormatError):
+            TensorSpec.from_dict({**spec.to_dict(), "quantized": bad})
+    with pytest.raises(FormatError):
+        TensorSpec.from_dict({**spec.to_dict(), "dtype": "uint8"})

@@ -225,3 +225,15 @@ def test_one_openapi_text_for_both_servers() -> None:
     assert schema["required"] == ["ids", "x"] and schema["properties"]["x"]["description"] == "float32[?, 4]"
     enum = cloud["/predict"]["post"]["responses"]["200"]["content"][api.JSON]["schema"]["properties"]["served_by"]
     assert enum["enum"] == ["cloud"]
+
+
+def test_openapi_says_how_integer_io_is_quantized() -> None:
+    from bentoedge.bentos.manifest import Quantization, Signature, TensorSpec
+    from bentoedge.bentos.openapi import device_document
+
+    q = Quantization("int8", 0.1, -128)
+    sig = Signature((TensorSpec("audio", "float32", (None, 3, 40), q),), (TensorSpec("score", "float32", (None, 1)),))
+    op = device_document(sig, "0")["paths"]["/predict"]["post"]
+    text = json.dumps(op)
+    assert "int8 (scale 0.1, zero point -128)" in text and "float32" in text
+    assert "score" in json.dumps(op["responses"]["200"])
