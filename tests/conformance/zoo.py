@@ -136,7 +136,7 @@ def _run_tflite(path: Path, inputs: list[np.ndarray], fresh_per_sample: bool) ->
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - the legacy runtime
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        from tflite_runtime.interpreter import Interpreter
 
     def new() -> Any:
         interp = Interpreter(model_path=str(path))
