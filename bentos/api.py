@@ -1,6 +1,6 @@
 """The prediction API contract shared by the cloud service and the device agent.
 
-Both servers accept the same requests and answer the same way (DESIGN.md section 10):
+Both servers accept the same requests and answer the same way (docs/design.md, the prediction API):
 
     POST /predict  application/json     {"inputs": {"<name>": <nested list>, ...}}
                    application/x-npz    an .npz archive, one array per input name

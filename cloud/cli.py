@@ -1,6 +1,6 @@
 """``bentoedge serve`` and ``bentoedge deploy``: the cloud verbs of the command line.
 
-``serve`` runs ``bentoml serve cloud.service:SealedService`` for one sealed model as a
+``serve`` runs ``bentoml serve bentoedge.cloud.service:SealedService`` for one sealed model as a
 child process, passes its output through, forwards SIGINT/SIGTERM to it, and exits 1 when
 the service refuses the model (bad signature, key or artifact) instead of letting
 BentoML restart it forever.

@@ -1,4 +1,4 @@
-"""The BentoML service that serves a sealed model in the cloud (``bentoml serve cloud.service:SealedService``).
+"""The BentoML service that serves a sealed model in the cloud (``bentoml serve bentoedge.cloud.service:SealedService``).
 
 Which model: ``BENTOEDGE_MODEL="name[:version]"``, read when this module is imported, so
 ``bentoml build`` records the sealed model as the Bento's model dependency (``BentoModel``)
@@ -13,7 +13,7 @@ golden samples.  Any failure is logged as one line (``bentoedge: refusing to ser
 and the worker does not start, so /readyz never answers 200 for a model that is not the
 signed one.
 
-The API (DESIGN.md section 10) lives in ``cloud.service_http``, mounted at /predict,
+The API (docs/design.md, the prediction API) lives in ``cloud.service_http``, mounted at /predict,
 /invocations and /ping, with a middleware around the whole server that adds the
 contract's routes to BentoML's /docs.json and answers BentoML's own 404/405 in JSON; it calls ``infer`` below, a batchable ``@bentoml.api``, through
 BentoML's adaptive-batching dispatcher.  ``infer`` is also reachable on its own BentoML

@@ -3,7 +3,7 @@
 Why a mounted ASGI app rather than a plain ``@bentoml.api`` for /predict: BentoML's own
 request handling parses bodies with pydantic and answers errors in its own shape
 (``{"error": "1 validation error ..."}``, 500 for anything it does not know), while the
-contract (DESIGN.md section 10, ``bentos.api``) needs JSON *and* ``.npz`` bodies on the
+contract (docs/design.md, the prediction API; ``bentos.api``) needs JSON *and* ``.npz`` bodies on the
 same route, a 4xx that names the input and the expected shape, a body-size limit that
 stops reading early, and the model name/version in headers.  So this small Starlette app,
 mounted into the BentoML server with ``@bentoml.asgi_app``, is a thin adapter: the framing

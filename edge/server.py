@@ -2,7 +2,7 @@
 
 A stdlib ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive: a device needs no web
 framework, and a request costs a thread hand-off and a parse, well under a millisecond.
-Routes (DESIGN.md section 10, the same paths as BentoML's):
+Routes (docs/design.md, the prediction API; the same paths as BentoML's):
 
     POST /predict     JSON or .npz in, JSON or .npz out (``edge.gateway`` does the work)
     GET  /livez       200 while the process serves HTTP

@@ -2,7 +2,7 @@
 
 ``test_contract.py`` sends each case to a real device agent (``edge.server.AgentServer``)
 and to a real ``bentoml serve`` of the cloud service, and checks the answer the same way
-on both.  The table is the contract of DESIGN.md section 10 written as data; the code that
+on both.  The table is the contract of docs/design.md (the prediction API) written as data; the code that
 answers it is ``bentos.api`` (and ``bentos.openapi`` for /docs.json), shared by both.
 
 The two servers serve different small models (the device a LiteRT ``tiny``, x float32[?, 4];

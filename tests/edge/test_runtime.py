@@ -71,7 +71,12 @@ def test_dynamic_batch_is_resized_per_request(load: Callable[..., EdgeModel]) ->
     for n in (1, 7, 3, 1):
         np.testing.assert_allclose(model.predict({"x": x[:n]})["y"], full[:n], rtol=1e-5, atol=1e-6)
     assert model.fixed_shapes == {"x": (-1, 4)}
-    assert load("fixed").fixed_shapes == {"x": (1, 4)}
+    # An artifact whose batch is fixed at 1 takes any batch, one sample at a time.
+    fixed = load("fixed")
+    assert fixed.fixed_shapes == {"x": (-1, 4)}
+    per_sample = np.concatenate([fixed.predict({"x": x[i:i + 1]})["y"] for i in range(3)])
+    np.testing.assert_allclose(fixed.predict({"x": x[:3]})["y"], per_sample, rtol=1e-6)
+    np.testing.assert_allclose(per_sample, full[:3], rtol=1e-5, atol=1e-6)
 
 
 def test_a_failing_run_raises_and_the_next_good_request_still_works(load: Callable[..., EdgeModel]) -> None:

@@ -190,7 +190,12 @@ def test_each_fallback_reason_forwards_and_says_so(make_agent: Callable[..., Age
     _forwarded(make_agent(None, cloud=url), stub_cloud, "no_model")
     _forwarded(make_agent(load("tiny"), cloud=url, max_payload_bytes=10), stub_cloud, "payload_limit")
     _forwarded(make_agent(load("tiny"), cloud=url, max_batch=2), stub_cloud, "batch_limit", X * 3)
-    _forwarded(make_agent(load("fixed"), cloud=url), stub_cloud, "shape_limit", X * 2)
+    # A batch-of-one artifact answers a batch locally, one sample at a time ...
+    assert predict(make_agent(load("fixed"), cloud=url), X * 2)[1][HEADER_SERVED_BY] == "edge"
+    # ... so the shape limit is for an artifact whose fixed dims cannot take the request at all.
+    narrow = load("fixed", workers=2)
+    narrow.fixed_shapes = {"x": (1, 3)}
+    _forwarded(make_agent(narrow, cloud=url), stub_cloud, "shape_limit", X * 2)
     _forwarded(make_agent(load("reshape"), cloud=url), stub_cloud, "local_error", X * 2)
     _forwarded(make_agent(load("tiny"), cloud=url, memory=lambda: 10.0), stub_cloud, "low_memory")
     _forwarded(make_agent(load("tiny"), cloud=url, max_inflight=0), stub_cloud, "overloaded")
