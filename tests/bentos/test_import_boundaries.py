@@ -53,3 +53,12 @@ def test_nothing_imports_the_folders_by_their_top_level_names() -> None:
     offenders = [str(p.relative_to(ROOT)) for folder in ("bentoedge", "bentos", "edge", "cloud", "examples", "tests", "bench")
                  for p in (ROOT / folder).rglob("*.py") if pattern.search(p.read_text())]
     assert not offenders
+
+
+def test_bentos_never_imports_the_device_or_the_cloud() -> None:
+    """bentos holds the contracts both sides use; an import the other way would make a cycle."""
+    import re
+
+    pattern = re.compile(r"^\s*(from|import) bentoedge\.(edge|cloud)\b", re.MULTILINE)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "bentos").rglob("*.py") if pattern.search(p.read_text())]
+    assert not offenders
