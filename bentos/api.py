@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from bentoedge.bentos.channel_layout import valid_name
 from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature, TensorSpec
 
@@ -71,14 +73,16 @@ def declared_length(method: str, content_length: str | None, transfer_encoding: 
         if method == "POST":
             raise RequestError("send a Content-Length header with the request body", status=411)
         return 0
-    try:
-        length = int(content_length)
-        if length < 0:
-            raise ValueError
-    except ValueError:
-        raise RequestError(f"Content-Length {content_length!r} is not a byte count") from None
+    # Digits only: int() would take "5_0", " 50", "+50" and other digits than ASCII, and a
+    # repeated header (sent joined with a comma) must not be read as either of its values.
+    if not _DIGITS.fullmatch(content_length):
+        raise RequestError(f"Content-Length {content_length[:40]!r} is not one byte count")
+    length = int(content_length)
     check_size(length, limit)
     return length
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def media_type(content_type: str | None) -> str:
@@ -132,6 +136,8 @@ def _parse_json(body: bytes) -> Mapping[str, Any]:
         raise RequestError(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestError("the request body nests JSON too deeply") from None
+    except ValueError:  # e.g. an integer of more digits than Python converts (4300)
+        raise RequestError("the request body holds a number too long to read") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise RequestError("the request must be a JSON object with an \"inputs\" object mapping input names to arrays")
     return doc["inputs"]
@@ -263,8 +269,10 @@ def wants_npz(accept: str | None) -> bool:
 def placement_headers(served_by: str, version: str, name: str = "",
                       fallback_reason: str | None = None) -> dict[str, str]:
     """The x-bentoedge-* headers that say where and what answered (also on .npz answers and relayed 4xx)."""
-    headers = {HEADER_SERVED_BY: served_by, HEADER_VERSION: version}
-    if name:
+    # Name and version may come from a cloud's answer body: a header carries them only when
+    # they follow the name rule, so no CR/LF, no non-latin-1 text, nothing to inject.
+    headers = {HEADER_SERVED_BY: served_by, HEADER_VERSION: version if valid_name(version) else "unknown"}
+    if name and valid_name(name):
         headers[HEADER_MODEL] = name
     if fallback_reason is not None:
         headers[HEADER_REASON] = fallback_reason

@@ -241,7 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self, method: str, limit: int) -> tuple[bytes, Reply | None]:
         """The body, or the contract's refusal of its framing (then the connection closes)."""
         try:
-            length = declared_length(method, self.headers.get("Content-Length"),
+            lengths = self.headers.get_all("Content-Length") or []
+            length = declared_length(method, ", ".join(lengths) if lengths else None,
                                      self.headers.get("Transfer-Encoding"), limit)
         except RequestError as exc:
             # Do not read it: closing is cheaper than draining megabytes, and the framing of

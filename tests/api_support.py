@@ -74,7 +74,7 @@ def load(keyring: Keyring) -> Callable[..., EdgeModel]:
 
 @dataclass
 class StubCloud:
-    """What the stub answers; tests change ``mode`` (ok|slow|garbage|error|reject|trickle)."""
+    """What the stub answers; tests change ``mode`` (ok|slow|garbage|error|reject|trickle|inject|unicode)."""
 
     mode: str = "ok"
     sleep_s: float = 0.0
@@ -95,6 +95,11 @@ class StubCloud:
             return 200, b"\x00\xffnot json at all", {"Content-Type": "application/json"}
         if self.mode == "error":
             return 500, b'{"error": "boom"}', headers
+        if self.mode in ("inject", "unicode"):  # a cloud (or a man in the middle) writing headers through the body
+            version = "v1\r\nSet-Cookie: session=attacker" if self.mode == "inject" else "v\u0150\u4e00"
+            doc = {"outputs": {"y": [[0.25, 0.5, 0.25]]}, "model": {"name": "tiny\r\nX-Evil: 1", "version": version},
+                   "served_by": "cloud"}
+            return 200, json.dumps(doc).encode(), {"Content-Type": "application/json"}
         if self.mode == "reject":
             return 422, b'{"error": "input x is wrong", "input": "x"}', headers
         doc = {"outputs": {"y": [[0.25, 0.5, 0.25]]}, "model": {"name": "tiny", "version": "cloud-7"},

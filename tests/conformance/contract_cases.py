@@ -134,6 +134,8 @@ CASES: tuple[Case, ...] = (
     # -- malformed: 400 ------------------------------------------------------------------------
     Case("empty", _empty, 400, says="empty"),
     Case("not-json", lambda m: b"{not json", 400, says="not valid JSON"),
+    Case("5000-digit-integer", lambda m: b'{"inputs": {"%s": [[%s]]}}' % (m.input.encode(), b"9" * 5000), 400,
+         says="too long"),
     Case("no-inputs-object", lambda m: json.dumps({m.input: m.rows()}).encode(), 400, says='"inputs"'),
     Case("unknown-input", lambda m: m.json(z=m.rows()), 400, input="z", says="unknown input"),
     Case("missing-input", lambda m: json.dumps({"inputs": {}}).encode(), 400, input="x", says="missing"),

@@ -1,0 +1,93 @@
+"""Attacks on the device API's HTTP layer (security findings 4 and 10), each shown failing
+while the device goes on answering correctly.
+
+- Header injection: a cloud answer without x-bentoedge-* headers whose JSON body carries CR/LF
+  or non-latin-1 text in model.name / model.version must not reach the device's own headers.
+- Framing: duplicate Content-Length headers and lengths such as ``5_0`` or ``+5`` are refused
+  (400) and the connection closed, never read as some other number.
+- A 5000-digit integer in a JSON body is a 4xx, not a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+
+import pytest
+from api_support import StubCloud
+
+from bentoedge.edge.runtime import EdgeModel
+from bentoedge.edge.server import AgentServer
+
+X = [[0.5, -1.0, 2.0, 0.25]]
+
+
+def raw(port: int, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send bytes as they are; the status, the header block and the body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), head, body
+
+
+def post(port: int, body: bytes, extra: bytes = b"", length: bytes | None = None) -> tuple[int, bytes, bytes]:
+    length = str(len(body)).encode() if length is None else length
+    return raw(port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+               + extra + b"Content-Length: " + length + b"\r\n\r\n" + body)
+
+
+GOOD = json.dumps({"inputs": {"x": X}}).encode()
+
+
+@pytest.mark.parametrize("mode", ["inject", "unicode"])
+def test_a_cloud_body_cannot_write_the_device_headers(mode: str, make_agent: Callable[..., AgentServer],
+                                                      stub_cloud: StubCloud) -> None:
+    stub_cloud.mode = mode
+    agent = make_agent(None, cloud=stub_cloud.url)  # no model: every request is forwarded
+    status, head, body = post(agent.port, GOOD)
+    assert status == 200, body
+    assert b"set-cookie" not in head.lower() and b"x-evil" not in head.lower()
+    assert b"x-bentoedge-model-version: unknown" in head.lower()
+    assert json.loads(body)["outputs"] == {"y": [[0.25, 0.5, 0.25]]}  # the answer itself still arrives
+    stub_cloud.mode = "ok"
+    status, head, _ = post(agent.port, GOOD)
+    assert status == 200 and b"x-bentoedge-model-version: cloud-7" in head.lower()
+
+
+@pytest.mark.parametrize("length", [b"5_0", b"+45", b"4\xd9\xa5", b"45, 45", b"-1", b"0x2d"])
+def test_odd_content_lengths_are_refused(length: bytes, make_agent: Callable[..., AgentServer],
+                                         load: Callable[..., EdgeModel]) -> None:
+    agent = make_agent(load("tiny"))
+    status, _, body = post(agent.port, GOOD, length=length)
+    assert status == 400, body
+    assert post(agent.port, GOOD)[0] == 200  # and the device still answers
+
+
+def test_duplicate_content_length_headers_are_refused(make_agent: Callable[..., AgentServer],
+                                                      load: Callable[..., EdgeModel]) -> None:
+    agent = make_agent(load("tiny"))
+    status, _, _ = post(agent.port, GOOD, extra=b"Content-Length: 5\r\n")
+    assert status == 400
+    assert post(agent.port, GOOD)[0] == 200
+
+
+def test_a_huge_integer_is_a_client_error(make_agent: Callable[..., AgentServer],
+                                          load: Callable[..., EdgeModel]) -> None:
+    agent = make_agent(load("tiny"))
+    body = b'{"inputs": {"x": [[' + b"9" * 5000 + b', 1, 2, 3]]}}'
+    status, _, answer = post(agent.port, body)
+    assert 400 <= status < 500, answer
+    assert "error" in json.loads(answer)
+    assert post(agent.port, GOOD)[0] == 200
