@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bentoedge.bentos.channel_layout import valid_name
 from bentoedge.bentos.errors import UsageError
 from bentoedge.bentos.keystore import fsync_dir, write_private
 from bentoedge.bentos.manifest import canonical_json
@@ -47,8 +48,22 @@ class Pointer:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Pointer:
+        """The pointer in ``data``; ValueError unless every name in it follows the name rule.
+
+        The names become paths under versions/: a hand-damaged ``{"previous": 7}`` or an
+        ``"active": "../../x/versions/v2"`` must neither crash the agent nor reach outside
+        the state folder (and so be served, or pruned).
+        """
         d = json.loads(data)
-        return cls(d.get("model"), d.get("active"), tuple(d.get("previous") or ()))
+        if not isinstance(d, dict):
+            raise ValueError("the active pointer is not a JSON object")
+        model, active, previous = d.get("model"), d.get("active"), d.get("previous") or []
+        if not isinstance(previous, list):
+            raise ValueError("the active pointer's 'previous' is not a list")
+        for value in (model, active, *previous):
+            if value is not None and not valid_name(value):
+                raise ValueError(f"the active pointer names {str(value)[:80]!r}, which is no model or version name")
+        return cls(model, active, tuple(previous))
 
     def activated(self, model: str, version: str, keep: int = KEEP) -> Pointer:
         """The pointer after ``version`` becomes active (pure)."""
@@ -110,13 +125,18 @@ class DeviceState:
     # ---- pointer, failures, status -----------------------------------------------------------
 
     def pointer(self) -> Pointer:
+        # A damaged file cannot happen through os.replace; a hand-edited one must not brick
+        # the device: it serves nothing local (the cloud still answers) until a sync installs one.
+        return self._read_pointer() or Pointer()
+
+    def _read_pointer(self) -> Pointer | None:
+        """The pointer (empty when there is none yet), or None when the file is damaged."""
         try:
             return Pointer.from_bytes(self.pointer_file.read_bytes())
         except FileNotFoundError:
             return Pointer()
-        except (ValueError, AttributeError):
-            # Cannot happen through os.replace; a hand-edited file must not brick the device.
-            return Pointer()
+        except (ValueError, AttributeError, TypeError):
+            return None
 
     def set_pointer(self, p: Pointer) -> None:
         atomic_write(self.pointer_file, p.to_bytes())
@@ -185,6 +205,8 @@ class DeviceState:
     # ---- version folders ---------------------------------------------------------------------
 
     def version_dir(self, version: str) -> Path:
+        if not valid_name(version):  # every path below versions/ is one plain name
+            raise ValueError(f"{version[:80]!r} is no version name")
         return self.versions / version
 
     def staging_dir(self, version: str) -> Path:
@@ -227,7 +249,10 @@ class DeviceState:
 
     def prune(self, keep_staging: str | None = None) -> list[str]:
         """Delete installed versions the pointer no longer names, and stale staging folders."""
-        keep = set(self.pointer().versions)
+        current = self._read_pointer()
+        if current is None:  # which versions are in use is unknown: delete none of them
+            return []
+        keep = set(current.versions)
         removed = []
         for d in sorted(self.versions.iterdir()) if self.versions.exists() else []:
             if d.name not in keep:
