@@ -15,6 +15,7 @@ only when every step succeeded.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -220,8 +221,11 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
     agent_port = free_port()
     with d.step("4. A signed update channel and a device"):
         d.cli("channel", "init", channel)
+        # The device trusts the channel's first root by the fingerprint channel init printed.
+        fingerprint = hashlib.sha256((d.work / "channel" / "metadata" / "1.root.json").read_bytes()).hexdigest()
         d.cli("agent", "init", "--channel", channel, "--cloud", f"http://127.0.0.1:{cloud_port}",
-              "--state", str(state), "--port", str(agent_port), "--device-id", "demo-device-1")
+              "--state", str(state), "--port", str(agent_port), "--device-id", "demo-device-1",
+              "--root-sha256", fingerprint, "--force")
         d.cli("channel", "enroll", "demo-device-1", str(state / "device.pub"), "--channel", channel)
         d.record("channel", True, f"TUF channel at {channel}; device demo-device-1 enrolled with its X25519 key")
 

@@ -8,6 +8,7 @@ the same process until SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -22,34 +23,68 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import Metadata
 
-from bentoedge.bentos.errors import ChannelError, KeyMissingError
+from bentoedge.bentos.channel_layout import METADATA_DIR
+from bentoedge.bentos.errors import (
+    BentoEdgeError,
+    ChannelError,
+    KeyMissingError,
+    UsageError,
+    VerificationError,
+)
 from bentoedge.bentos.keystore import default_home, load_ed25519_public, write_private
 from bentoedge.edge import config as agent_config
 from bentoedge.edge.fetchers import fetcher_for
 from bentoedge.edge.state import DeviceState
+from bentoedge.edge.sync.tuf_access import verified_root_chain
 
 MAX_ROOTS = 256
 
 
-def _latest_root(channel: str) -> bytes:
-    """The channel's newest root (trust on first use, at provisioning time only)."""
+def _fetch_root(channel: str) -> Callable[[int], bytes | None]:
+    """``n -> n.root.json`` of the channel, None where there is none."""
     fetcher = fetcher_for(channel)
-    base = channel.rstrip("/") + "/metadata/"
-    found: bytes | None = None
-    for n in range(1, MAX_ROOTS + 1):
+    base = channel.rstrip("/") + f"/{METADATA_DIR}/"
+
+    def fetch(n: int) -> bytes | None:
         try:
-            found = fetcher.download_bytes(f"{base}{n}.root.json", 512_000)
+            return fetcher.download_bytes(f"{base}{n}.root.json", 512_000)
         except tuf_exc.DownloadHTTPError as exc:
             if exc.status_code in (403, 404):
-                break
+                return None
             raise ChannelError(f"cannot read {base}{n}.root.json: {exc}") from None
         except tuf_exc.DownloadError as exc:
             raise ChannelError(f"cannot reach channel {channel}: {exc.__cause__ or exc}") from None
-    if found is None:
-        raise ChannelError(f"{channel} has no metadata/1.root.json; is it a bentoedge channel (channel init)?")
-    return found
+    return fetch
+
+
+def trusted_root(channel: str, root_sha256: str | None, root_file: Path | None) -> tuple[bytes, int]:
+    """The channel root to embed: anchored by the operator, then verified root by root.
+
+    The anchor is a root file the operator brings, or the channel's ``1.root.json`` when its
+    SHA-256 matches the fingerprint ``channel init`` printed.  Every newer root must be
+    signed by the threshold of the one before (and of itself): a forged ``2.root.json`` is
+    refused here, at provisioning, not discovered later as updates that never verify.
+    """
+    fetch = _fetch_root(channel)
+    if root_file is not None:
+        anchor = root_file.read_bytes()
+    else:
+        assert root_sha256 is not None
+        first = fetch(1)
+        if first is None:
+            raise ChannelError(f"{channel} has no {METADATA_DIR}/1.root.json; is it a bentoedge channel (channel init)?")
+        if hashlib.sha256(first).hexdigest() != root_sha256.strip().lower():
+            raise VerificationError(f"the channel's 1.root.json has SHA-256 {hashlib.sha256(first).hexdigest()[:16]}..., "
+                                    "not the --root-sha256 given: do not provision against this channel")
+        anchor = first
+    try:
+        return verified_root_chain(anchor, fetch, MAX_ROOTS)
+    except BentoEdgeError:
+        raise
+    except Exception as exc:  # tuf's RepositoryError kinds, or bytes that are no root
+        raise VerificationError(f"the channel's roots do not verify from the trusted one: {exc}; "
+                                "do not provision against this channel") from None
 
 
 @click.group()
@@ -67,13 +102,30 @@ def agent() -> None:
 @click.option("--model", default="", help="Model name to follow (default: the only one published).")
 @click.option("--signer", "signers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trusted model-signer public key PEM (repeatable; default $BENTOEDGE_HOME/keys/signing.pub).")
+@click.option("--root-sha256", default=None, metavar="HEX",
+              help="SHA-256 of the channel's 1.root.json, as 'bentoedge channel init' and 'channel status' print it.")
 @click.option("--root", "root_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Channel root metadata to embed (default: fetch the channel's newest root now).")
+              help="A channel root metadata file you trust (instead of --root-sha256).")
+@click.option("--force", is_flag=True, help="Replace the channel root and signers of an already provisioned device.")
 def init(channel: str, cloud: str, state: Path | None, device_id: str | None, device_class: str, port: int,
-         model: str, signers: tuple[Path, ...], root_file: Path | None) -> None:
-    """Provision this device: key pair, embedded channel root, trusted signers, agent.toml."""
+         model: str, signers: tuple[Path, ...], root_sha256: str | None, root_file: Path | None,
+         force: bool) -> None:
+    """Provision this device: key pair, embedded channel root, trusted signers, agent.toml.
+
+    \b
+    The channel root is never taken on trust: give its fingerprint or a root file,
+    and every newer root the channel has is verified from it.
+      bentoedge agent init --channel s3://bucket/chan --cloud https://api.example \\
+          --root-sha256 3f5a...   # printed by 'bentoedge channel init'
+    """
+    if (root_sha256 is None) == (root_file is None):
+        raise UsageError("pass the channel root's fingerprint with --root-sha256 HEX (printed by 'bentoedge channel "
+                         "init' and 'bentoedge channel status') or a trusted root file with --root FILE, not both")
     state = (state or agent_config.default_state()).resolve()
     st = DeviceState(state)
+    if st.root_file.exists() and not force:
+        raise UsageError(f"{state} is already provisioned (it trusts {st.root_file}); pass --force to replace "
+                         "its channel root and signers")
     st.ensure()
     if not signers:
         default = default_home() / "keys" / "signing.pub"
@@ -81,13 +133,7 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
             raise KeyMissingError(f"no model-signer key to trust: pass --signer PUBFILE (none at {default})")
         signers = (default,)
     trusted = tuple(load_ed25519_public(p.read_bytes(), str(p)).hex() for p in signers)
-    root = root_file.read_bytes() if root_file else _latest_root(channel)
-    try:
-        md = Metadata.from_bytes(root)
-        if md.signed.type != "root":
-            raise ValueError("not root metadata")
-    except Exception as exc:
-        raise ChannelError(f"the channel root is not valid TUF root metadata: {exc}") from None
+    root, root_version = trusted_root(channel, root_sha256, root_file)
     if not st.key_file.exists():
         key = X25519PrivateKey.generate()
         write_private(st.key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -100,7 +146,8 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
                                    model=model, trusted_signers=trusted)
     path = agent_config.save(cfg)
     click.echo(f"device {cfg.device_id} provisioned: config {path}")
-    click.echo(f"trusting channel root v{md.signed.version} and {len(trusted)} model signer(s)")
+    click.echo(f"trusting channel root v{root_version} (verified from the one you gave) and "
+               f"{len(trusted)} model signer(s)")
     click.echo(f"public key: {st.pub_file}")
     click.echo(f"enroll it on the publisher: bentoedge channel enroll {cfg.device_id} {st.pub_file} "
                f"--channel {channel} && bentoedge publish NAME:VERSION --channel {channel}")

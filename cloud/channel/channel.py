@@ -381,6 +381,7 @@ class Channel:
         return {
             "url": self.url,
             "root": {"version": md.root.signed.version, "threshold": md.root.signed.roles["root"].threshold,
+                     "fingerprint": hashlib.sha256(self.root_bytes(1)).hexdigest(),
                      "keys": len(md.root.signed.roles["root"].keyids),
                      "expires": md.root.signed.expires.isoformat()},
             "targets": {"version": md.targets.signed.version, "expires": md.targets.signed.expires.isoformat()},

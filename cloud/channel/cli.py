@@ -6,6 +6,7 @@ bar; errors are ``bentos.errors`` and leave through the root command's one-line 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,8 @@ def init(url: str, root_keys: int, threshold: int, root_keys_dir: Path | None) -
     ch = Channel.init(url, default_home(), root_keys, threshold, root_keys_dir)
     click.echo(f"channel {ch.url} created (root {threshold} of {root_keys} keys, consistent snapshots)")
     click.echo(f"publisher state: {ch.state_dir}")
+    click.echo(f"root fingerprint: {hashlib.sha256(ch.root_bytes(1)).hexdigest()}")
+    click.echo("  provision devices with: bentoedge agent init --channel URL --cloud URL --root-sha256 <fingerprint>")
     click.secho(f"MOVE THE OFFLINE ROOT KEYS AWAY: {ch.root_keys_dir}", fg="yellow")
     click.echo("  they are needed only for 'bentoedge channel rotate' (pass --root-keys-dir then)")
 
@@ -69,6 +72,7 @@ def status(url: str, as_json: bool) -> None:
         click.echo(json.dumps(st, indent=2))
         return
     out = Console()
+    out.print(f"root fingerprint (1.root.json SHA-256): {st['root']['fingerprint']}", markup=False)
     out.print(f"[bold]{st['url']}[/]  root v{st['root']['version']} "
               f"({st['root']['threshold']} of {st['root']['keys']} keys)")
     roles = Table("role", "version", "expires")

@@ -11,11 +11,13 @@ caller (``edge.sync.agent``), which owns the channel layout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
+from tuf.ngclient.config import EnvelopeType
 from tuf.ngclient.fetcher import FetcherInterface
 
 #: The most bytes a timestamp.json may have, as ngclient bounds it: the one-GET poll
@@ -51,3 +53,19 @@ def earliest_expiry(updater: Updater) -> float:
     trusted = updater._trusted_set
     return min(md.expires for md in (trusted.root, trusted.timestamp, trusted.snapshot,
                                      trusted.targets)).timestamp()
+
+
+def verified_root_chain(anchor: bytes, fetch_root: Callable[[int], bytes | None], max_roots: int) -> tuple[bytes, int]:
+    """The newest root the chain from ``anchor`` reaches, each step checked as ngclient checks
+    a root update (signed by the threshold of the previous root and of itself, version + 1),
+    and its version.  ``fetch_root(n)`` gives ``n.root.json`` or None past the last one.
+    A root that does not verify raises tuf's own error: the caller refuses to provision."""
+    trusted = TrustedMetadataSet(anchor, EnvelopeType.METADATA)
+    latest = anchor
+    for _ in range(max_roots):
+        data = fetch_root(trusted.root.version + 1)
+        if data is None:
+            break
+        trusted.update_root(data)
+        latest = data
+    return latest, trusted.root.version

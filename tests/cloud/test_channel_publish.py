@@ -111,8 +111,9 @@ def test_cli_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     r = run(cli, ["channel", "init", url, "--root-keys-dir", str(tmp_path / "offline")])
     assert r.exit_code == 0 and "MOVE THE OFFLINE ROOT KEYS AWAY" in r.output, r.output
     seal_tiny(tmp_path / "s1", home, "v1", 1)  # creates the signing key the device trusts
+    fingerprint = next(line.split()[-1] for line in r.output.splitlines() if line.startswith("root fingerprint:"))
     r = run(cli, ["agent", "init", "--channel", url, "--cloud", "http://127.0.0.1:9",
-                  "--state", str(tmp_path / "dev"), "--device-id", "d1"])
+                  "--state", str(tmp_path / "dev"), "--device-id", "d1", "--root-sha256", fingerprint])
     assert r.exit_code == 0 and "channel enroll d1" in r.output, r.output
     assert oct((tmp_path / "dev/device.key").stat().st_mode & 0o777) == "0o600"
     r = run(cli, ["channel", "enroll", "d1", str(tmp_path / "dev/device.pub"), "--channel", url])
