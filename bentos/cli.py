@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from bentoedge.bentos import quality
@@ -53,12 +54,19 @@ def open_model(ref: str) -> Iterator[SealedModel]:
         yield ModelStore().get(ref)
 
 
+def untrusted(value: object) -> str:
+    """Text from a manifest, safe to print: control characters (escape sequences, CR/LF that
+    would forge a line) shown as escapes, and Rich markup shown as text, never interpreted."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
+    return rich_escape(text)
+
+
 def quality_table(rows: Sequence[quality.Row], title: str = "Quality report") -> Table:
     table = Table(title=title, title_justify="left")
     for col in quality.HEADER:
         table.add_column(col, justify="right" if col in ("float baseline", "value", "budget") else "left")
     for cells, row in zip(quality.table_rows(rows), rows, strict=True):
-        table.add_row(*cells, style=None if row.passed else "bold red")
+        table.add_row(*(untrusted(c) for c in cells), style=None if row.passed else "bold red")
     return table
 
 
@@ -201,16 +209,18 @@ def inspect(model: str, as_json: bool) -> None:
             click.echo(json.dumps(doc, indent=2, sort_keys=True))
             return
         out = _console()
-        out.print(f"[bold]{m.tag}[/] release {m.release}, created {m.created}, signed by {signer.keyid}")
-        out.print(f"source: {m.source.get('kind')} {m.source.get('file', '')} sha256 {m.source.get('sha256')}")
+        u = untrusted  # every string below comes from a file nobody has verified yet
+        out.print(f"[bold]{u(m.tag)}[/] release {u(m.release)}, created {u(m.created)}, "
+                  f"recorded signer {u(signer.keyid)} [dim](not checked: run bentoedge verify)[/]")
+        out.print(f"source: {u(m.source.get('kind'))} {u(m.source.get('file', ''))} sha256 {u(m.source.get('sha256'))}")
         for kind, specs in (("input", m.signature.inputs), ("output", m.signature.outputs)):
             for t in specs:
-                out.print(f"{kind} {t.name}: {t.dtype} {tuple('N' if d is None else d for d in t.shape)}")
+                out.print(f"{kind} {u(t.name)}: {u(t.dtype)} {u(tuple('N' if d is None else d for d in t.shape))}")
         arts = Table(title="Artifacts", title_justify="left")
         for col in ("id", "target", "runtime", "precision", "size", "sha256"):
             arts.add_column(col)
         for a in m.artifacts:
-            arts.add_row(a.id, a.target, a.runtime or "-", a.precision or "-", f"{a.size:,}", a.sha256[:16])
+            arts.add_row(u(a.id), u(a.target), u(a.runtime or "-"), u(a.precision or "-"), f"{a.size:,}", u(a.sha256[:16]))
         out.print(arts)
         if m.quality:
             out.print(quality_table(_rows(m.quality)))
