@@ -9,10 +9,18 @@ benchmark reports as the cost of a poll.
 A missing object is reported as ``DownloadHTTPError(404)`` whatever the transport,
 because that is how ngclient learns there is no newer root.  boto3 is imported only when
 an ``s3://`` channel is used.
+
+No fetch can stall a sync: besides the per-read timeout, a download must keep an average of
+``MIN_RATE`` bytes a second once its first ``timeout`` seconds are over (a mirror trickling a
+byte every few seconds is cut off, a slow but honest link is not), and a ``file://`` channel
+reads regular files only (a FIFO named ``timestamp.json`` would block forever).
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +33,8 @@ from tuf.ngclient.fetcher import FetcherInterface
 from bentoedge.bentos.errors import ConfigError
 
 CHUNK = 1 << 16
+#: The slowest average a download may keep after its first ``timeout`` seconds (16 KiB/s).
+MIN_RATE = 16 * 1024
 
 
 class CountingFetcher(FetcherInterface):
@@ -39,8 +49,13 @@ class CountingFetcher(FetcherInterface):
         raise NotImplementedError
 
     def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        start, got = time.monotonic(), 0
         for chunk in chunks:
             self.bytes += len(chunk)
+            got += len(chunk)
+            if time.monotonic() - start > self.timeout + got / MIN_RATE:
+                raise exceptions.DownloadError(f"the channel sends too slowly: {got} bytes in "
+                                               f"{time.monotonic() - start:.0f} s (needs {MIN_RATE} B/s on average)")
             yield chunk
 
     def _fetch(self, url: str) -> Iterator[bytes]:
@@ -67,16 +82,25 @@ class FileFetcher(CountingFetcher):
     def _open(self, url: str, offset: int) -> tuple[Iterator[bytes], int]:
         path = unquote(urlparse(url).path)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise exceptions.DownloadHTTPError(f"{path} not found", 404) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise exceptions.DownloadError(f"{path} is not a regular file; a channel folder holds plain files only")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
         f.seek(offset)
         return _read_and_close(f), offset
 
 
 def _read_and_close(f: Any) -> Iterator[bytes]:
+    # read1 returns what has arrived instead of waiting for a whole chunk, so the rate
+    # check above sees a trickle as it happens.
+    read = getattr(f, "read1", f.read)
     try:
-        while chunk := f.read(CHUNK):
+        while chunk := read(CHUNK):
             yield chunk
     finally:
         f.close()

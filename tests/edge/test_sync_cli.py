@@ -20,18 +20,18 @@ from bentoedge.edge import config as agent_config
 from bentoedge.edge.sync.machine import Result
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "cloud")
+HEAVY = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "bentoedge.cloud")
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return dict(os.environ)  # the installed bentoedge, as on a device
 
 
 BLOCK = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in HEAVY:
+        if name.split('.')[0] in HEAVY or name.startswith('bentoedge.cloud'):
             raise ImportError(f'blocked {name}', name=name)
 sys.meta_path.insert(0, Block())
 """
@@ -40,7 +40,8 @@ sys.meta_path.insert(0, Block())
 def test_device_modules_import_without_heavy_packages() -> None:
     # A device has none of these installed; blocking them proves the agent does not need
     # them (securesystemslib probes boto3 itself, which is why it is blocked, not absent).
-    code = (f"HEAVY = {HEAVY!r}\n{BLOCK}\nimport edge.sync, edge.sync.agent, edge.fetchers, edge.state, edge.cli, edge.wiring\n"
+    code = (f"HEAVY = {HEAVY!r}\n{BLOCK}\nimport bentoedge.edge.sync, bentoedge.edge.sync.agent, bentoedge.edge.fetchers, "
+            "bentoedge.edge.state, bentoedge.edge.cli, bentoedge.edge.wiring\n"
             "import sys; print([m for m in HEAVY if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

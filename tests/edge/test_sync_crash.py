@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 def agent_sync(cfg_path: Path, crash_at: str | None = None) -> subprocess.Popen[bytes]:
     """``agent sync`` in a process of its own; with ``crash_at``, one that kills itself there."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)  # the installed bentoedge, as on a device
     cmd = ([sys.executable, str(CRASHING_AGENT), str(cfg_path), crash_at] if crash_at
            else [sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg_path)])
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
