@@ -161,7 +161,12 @@ class Gateway:
         model = self.active.get()  # one model for the whole request, even across a swap
         arrays: dict[str, np.ndarray] | None = None
         try:
-            if model is not None:
+            if model is not None and len(body) > self.policy.hard_payload_bytes:
+                # Never parsed here (a parsed JSON body is many times its size): forwarded as
+                # it came, or refused, by the router's payload limit.
+                check_size(len(body), self.max_body)
+                facts = RequestFacts(len(body), batch=0)
+            elif model is not None:
                 arrays = parse_request(body, content_type, model.signature, self.max_body)
                 facts = RequestFacts(len(body), batch_size(arrays),
                                      shapes_fit(getattr(model, "fixed_shapes", {}), arrays))

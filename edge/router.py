@@ -74,6 +74,7 @@ class RouterPolicy:
     mode: Mode = "prefer_edge"
     limits: Limits = Limits()
     queue_factor: int = 4  # local queue bound = max_inflight x this, when nothing else can answer
+    overflow_factor: int = 4  # with no cloud, a batch or body up to this many times its limit still runs locally
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> RouterPolicy:
@@ -82,6 +83,16 @@ class RouterPolicy:
     @property
     def queue_limit(self) -> int:
         return max(1, self.limits.max_inflight) * max(1, self.queue_factor)
+
+    @property
+    def hard_payload_bytes(self) -> int:
+        """The largest body this device ever parses itself; beyond it a body is only forwarded."""
+        return max(1, self.limits.max_payload_bytes) * max(1, self.overflow_factor)
+
+    @property
+    def hard_batch(self) -> int:
+        """The largest batch this device ever runs, even with the cloud down."""
+        return max(1, self.limits.max_batch) * max(1, self.overflow_factor)
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,10 @@ def decide(request: RequestFacts, device: DeviceState, policy: RouterPolicy) -> 
     if cloud_ok:
         return Decision("cloud", reason)
     if reason in HARD_REASONS:
+        return Decision("reject", f"{reason},{cloud_problem}")
+    # Over a limit and no cloud: a little over runs late, far over is refused, so no request
+    # can take the device's memory or its interpreters for as long as it likes.
+    if request.batch > policy.hard_batch or request.payload_bytes > policy.hard_payload_bytes:
         return Decision("reject", f"{reason},{cloud_problem}")
     # Soft reason and no cloud: answering late beats not answering, up to the queue bound.
     if device.inflight >= policy.queue_limit:

@@ -91,3 +91,29 @@ def test_a_huge_integer_is_a_client_error(make_agent: Callable[..., AgentServer]
     assert 400 <= status < 500, answer
     assert "error" in json.loads(answer)
     assert post(agent.port, GOOD)[0] == 200
+
+
+def test_a_body_far_over_the_payload_limit_is_never_parsed(make_agent: Callable[..., AgentServer],
+                                                           load: Callable[..., EdgeModel], stub_cloud: StubCloud,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security finding 7: parsing JSON multiplies its size; a body beyond what the device
+    would ever run itself is forwarded as it came (or refused), never parsed here."""
+    from bentoedge.edge import gateway
+
+    parsed: list[int] = []
+    real = gateway.parse_request
+
+    def spy(body: bytes, *args: object, **kwargs: object) -> object:
+        parsed.append(len(body))
+        return real(body, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gateway, "parse_request", spy)
+    big = json.dumps({"inputs": {"x": X * 400}}).encode()  # ~10 KB: over 4 x the 1 KB limit
+    agent = make_agent(load("tiny"), cloud=stub_cloud.url, max_payload_bytes=1000)
+    status, head, _ = post(agent.port, big)
+    assert status == 200 and b"x-bentoedge-fallback-reason: payload_limit" in head.lower()
+    assert stub_cloud.bodies[-1] == big and not parsed
+    dead = make_agent(load("tiny"), max_payload_bytes=1000)  # no cloud at all
+    status, _, answer = post(dead.port, big)
+    assert status == 503 and json.loads(answer)["reason"].startswith("payload_limit") and not parsed
+    assert post(dead.port, GOOD)[0] == 200 and parsed  # a small body is parsed and served as before

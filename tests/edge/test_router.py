@@ -77,6 +77,18 @@ def test_local_queue_has_a_hard_bound_when_nothing_else_can_answer() -> None:
     assert decide(OK_REQ, replace(dev, inflight=POLICY.queue_limit - 1), POLICY).route == "edge"
 
 
+def test_with_the_cloud_down_a_batch_far_over_the_limit_is_refused() -> None:
+    """Security finding 7: a batch of 45,000 with the cloud down must not run on the device."""
+    dev = replace(OK_DEV, **CLOUD_DOWN)
+    limit = POLICY.limits.max_batch
+    assert decide(replace(OK_REQ, batch=limit + 1), dev, POLICY).route == "edge"  # a little over: late beats never
+    assert decide(replace(OK_REQ, batch=POLICY.hard_batch), dev, POLICY).route == "edge"
+    far = decide(replace(OK_REQ, batch=45_000), dev, POLICY)
+    assert far.route == "reject" and far.reason.startswith("batch_limit,")
+    huge = decide(replace(OK_REQ, payload_bytes=POLICY.hard_payload_bytes + 1), dev, POLICY)
+    assert huge.route == "reject" and huge.reason.startswith("payload_limit,")
+
+
 def test_modes() -> None:
     assert decide(OK_REQ, OK_DEV, replace(POLICY, mode="cloud_only")) .reason == CLOUD_ONLY
     assert decide(OK_REQ, replace(OK_DEV, **CLOUD_DOWN), replace(POLICY, mode="cloud_only")).route == "reject"
@@ -118,7 +130,7 @@ limits = st.builds(Limits, max_batch=st.integers(1, 16), max_payload_bytes=st.in
                    max_inflight=st.integers(0, 8), latency_budget_ms=st.floats(0, 400),
                    min_free_memory_mb=st.integers(0, 512))
 policies = st.builds(RouterPolicy, mode=st.sampled_from(["prefer_edge", "edge_only", "cloud_only", "prefer_cloud"]),
-                     limits=limits, queue_factor=st.integers(1, 8))
+                     limits=limits, queue_factor=st.integers(1, 8), overflow_factor=st.integers(1, 8))
 
 
 @settings(max_examples=3000, deadline=None)
@@ -152,4 +164,8 @@ def test_decide_is_total_and_keeps_every_rule(req: RequestFacts, dev: DeviceStat
             assert d.route == "reject" and d.reason.startswith(reason + ",")
         else:
             assert reason in SOFT_REASONS
-            assert d.route == ("reject" if dev.inflight >= policy.queue_limit else "edge")
+            far_over = req.batch > policy.hard_batch or req.payload_bytes > policy.hard_payload_bytes
+            assert d.route == ("reject" if far_over or dev.inflight >= policy.queue_limit else "edge")
+    # Whatever the mode, nothing far over the limits runs locally.
+    if d.route == "edge" and d.reason:
+        assert req.batch <= policy.hard_batch and req.payload_bytes <= policy.hard_payload_bytes
