@@ -19,6 +19,7 @@ Anything unexpected becomes a one-line 500 for that request only; the server kee
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
@@ -199,6 +200,40 @@ class _HTTPServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+#: Once a request's first byte arrives, its line and headers must all arrive within this
+#: long, and its body within this long plus its length at ``BODY_MIN_RATE``: a slowloris
+#: client trickling a byte under the idle timeout cannot hold a connection slot for long.
+HEAD_DEADLINE_S = 5.0
+BODY_MIN_RATE = 64 * 1024  # bytes a second
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads: the idle timeout while no request has begun, then a deadline
+    for the whole request (each recv waits only what is left of it)."""
+
+    def __init__(self, sock: socket.socket, idle_s: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._idle_s = idle_s
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            self._sock.settimeout(self._idle_s)
+        else:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive in time")
+            self._sock.settimeout(left)
+        n = self._sock.recv_into(buffer)
+        if n and self.deadline is None:  # a request has begun: its head has HEAD_DEADLINE_S
+            self.deadline = time.monotonic() + HEAD_DEADLINE_S
+        return n
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bentoedge-agent"
@@ -211,6 +246,14 @@ class _Handler(BaseHTTPRequestHandler):
         # Answers go out in one write; without NODELAY, Nagle and the client's delayed ACK
         # would still add tens of milliseconds to every keep-alive request.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = _DeadlineReader(self.connection, IDLE_TIMEOUT_S)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
+
+    def handle_one_request(self) -> None:
+        # A keep-alive connection waits for its next request under the idle timeout again; the
+        # request's deadline starts with the first byte read for it.
+        self._reader.deadline = None
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -249,7 +292,13 @@ class _Handler(BaseHTTPRequestHandler):
             # whatever follows on this connection cannot be trusted.
             self.close_connection = True
             return b"", error_reply(exc)
-        body = self.rfile.read(length) if length else b""
+        if self._reader.deadline is not None:
+            self._reader.deadline += length / BODY_MIN_RATE
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self.close_connection = True
+            return b"", json_reply(408, {"error": "the request body did not arrive in time; send it faster"})
         if len(body) != length:
             self.close_connection = True
             return b"", json_reply(400, {"error": "the request body ended before its Content-Length"})

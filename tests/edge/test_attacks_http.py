@@ -38,6 +38,8 @@ def raw(port: int, request: bytes) -> tuple[int, bytes, bytes]:
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 if len(body) >= length:
                     break
+    if not data:
+        raise ConnectionResetError("the server closed the connection without an answer")
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), head, body
 
@@ -117,3 +119,52 @@ def test_a_body_far_over_the_payload_limit_is_never_parsed(make_agent: Callable[
     status, _, answer = post(dead.port, big)
     assert status == 503 and json.loads(answer)["reason"].startswith("payload_limit") and not parsed
     assert post(dead.port, GOOD)[0] == 200 and parsed  # a small body is parsed and served as before
+
+
+def test_slow_clients_cannot_hold_every_slot(make_agent: Callable[..., AgentServer], load: Callable[..., EdgeModel],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security finding 5 (slowloris): clients that trickle a request's head a byte at a time,
+    under the idle timeout, once held every connection slot for as long as they liked.  Each
+    request now has a deadline from its first byte, so the slots come back and real clients
+    are answered while the attack goes on."""
+    import threading
+    import time
+
+    from bentoedge.edge import server as server_module
+
+    monkeypatch.setattr(server_module, "HEAD_DEADLINE_S", 1.0)
+    monkeypatch.setattr(server_module._HTTPServer, "max_connections", 16)
+    agent = make_agent(load("tiny"))
+    stop = threading.Event()
+    slow: list[socket.socket] = []
+    for _ in range(16):  # every slot
+        s = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+        s.sendall(b"POST /predict HTTP/1.1\r\n")
+        slow.append(s)
+
+    def trickle() -> None:
+        deadline = time.monotonic() + 6
+        while not stop.is_set() and time.monotonic() < deadline:
+            for s in slow:
+                try:
+                    s.sendall(b"X")
+                except OSError:
+                    pass
+            time.sleep(0.3)
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    try:
+        answered, started = 0, time.monotonic()
+        while time.monotonic() - started < 6 and answered < 3:
+            try:
+                if post(agent.port, GOOD)[0] == 200:
+                    answered += 1
+            except OSError:  # refused while the slots are full: a client retries
+                time.sleep(0.2)
+        assert answered == 3, "no real client was answered while slow clients held the slots"
+    finally:
+        stop.set()
+        worker.join(5)
+        for s in slow:
+            s.close()
