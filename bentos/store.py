@@ -85,10 +85,11 @@ class ModelStore:
     def exists(self, name: str, version: str) -> bool:
         return any(m.tag.version == version for m in self._models(name))
 
-    def add(self, name: str, version: str, release: int, write: Callable[[Path], Manifest]) -> SealedModel:
+    def add(self, name: str, version: str, release: int, write: Callable[[Path], Manifest],
+            clash_hint: str = "pick another --version") -> SealedModel:
         """Create ``name:version`` by calling ``write(sealed_dir)``; nothing stays if it raises."""
         if self.exists(name, version):
-            raise FormatError(f"{name}:{version} is already in the store; pick another --version")
+            raise FormatError(f"{name}:{version} is already in the store; {clash_hint}")
         bentoml = _bentoml()
         with bentoml.models.create(f"{name}:{version}", labels={LABEL: FORMAT_ID},
                                    metadata={"release": release}) as model:
@@ -105,7 +106,10 @@ class ModelStore:
         with unpacked(file) as sealed:
             check(sealed)
             m = sealed.manifest
-            return self.add(m.name, m.version, m.release, lambda dst: _copy_sealed(sealed.path, dst, m))
+            # An export carries its own signed version: the way out of a clash is the store's copy.
+            return self.add(m.name, m.version, m.release, lambda dst: _copy_sealed(sealed.path, dst, m),
+                            clash_hint=f"it is already imported (bentoedge inspect {m.name}:{m.version}); "
+                                       f"remove that copy first with 'bentoml models delete {m.name}:{m.version}'")
 
 
 def _copy_sealed(src: Path, dst: Path, manifest: Manifest) -> Manifest:

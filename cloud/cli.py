@@ -14,15 +14,17 @@ come from KMS.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
 
 import click
 
-from bentoedge.bentos.errors import HealthCheckError
+from bentoedge.bentos.errors import HealthCheckError, UsageError
 from bentoedge.bentos.keystore import LocalKeys, default_home
 from bentoedge.bentos.sealed import SealedModel
 
@@ -31,6 +33,22 @@ def _sealed(tag: str) -> SealedModel:
     from bentoedge.bentos.store import ModelStore
 
     return ModelStore().get(tag)  # NotFoundError (exit 2) names what the store has
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Say a busy port in one line before BentoML's arbiter fails on it with a traceback."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            with socket.socket() as free:
+                free.bind((host, 0))
+                other = free.getsockname()[1]
+            raise UsageError(f"port {port} on {host} is already in use (another 'bentoedge serve' or an agent?); "
+                             f"pass --port N, e.g. --port {other}") from None
 
 
 @click.command("serve")
@@ -43,6 +61,7 @@ def serve(model: str, port: int, host: str) -> None:
 
     sealed = _sealed(model)
     tag = sealed.manifest.tag
+    _check_port_free(host, port)
     click.echo(f"serving {tag} on http://{host}:{port} (POST /predict, /docs.json, /readyz)", err=True)
     proc = subprocess.Popen(serve_command(port, host), env=server_env(tag), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -8,10 +8,12 @@ the same process until SIGTERM or Ctrl-C.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import uuid
@@ -56,6 +58,12 @@ def _fetch_root(channel: str) -> Callable[[int], bytes | None]:
         except tuf_exc.DownloadError as exc:
             raise ChannelError(f"cannot reach channel {channel}: {exc.__cause__ or exc}") from None
     return fetch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def trusted_root(channel: str, root_sha256: str | None, root_file: Path | None) -> tuple[bytes, int]:
@@ -229,7 +237,14 @@ def run(config_path: Path | None, port: int | None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with wire(cfg, serve=True) as wired:
+    try:
+        wiring = wire(cfg, serve=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise UsageError(f"port {cfg.port} is already in use (another agent, or 'bentoedge serve'?); "
+                         f"pass --port N, e.g. --port {_free_port()}") from None
+    with wiring as wired:
         wired.agent.start_up()
         wired.server.start()
         click.echo(f"serving on {wired.server.url}", err=True)

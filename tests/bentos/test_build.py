@@ -214,7 +214,8 @@ def test_cli_cycle_and_tamper(digits_example: dict[str, Path], keys_home: Path, 
     assert store.exists("clidigits", "v2")  # the old version still serves
     r = cli("import", str(out))
     assert r.exit_code == 0 and store.exists("clidigits", "v1")
-    assert cli("import", str(out)).exit_code != 0  # already there
+    again = cli("import", str(out))  # already there: the message names a way out import really has
+    assert again.exit_code != 0 and "already imported" in again.output and "--version" not in again.output
     # a one-bit change to a sealed folder's manifest, signature or artifact: exit 1
     folder = Path(store.get("clidigits:v1").path)
     for rel in ("manifest.json", "manifest.sig", "artifacts/edge-int8.tflite.enc"):

@@ -95,3 +95,17 @@ def test_agent_run_takes_updates_and_stops_on_sigterm(device: tuple[Channel, Pat
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out
+
+
+def test_agent_run_on_a_busy_port_says_so_in_one_line(device: tuple[Channel, Path, Path]) -> None:
+    import socket
+
+    _, _, cfg = device
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "bentoedge", "agent", "run", "--config", str(cfg), "--port", str(port)],
+                           env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and f"port {port} is already in use" in r.stderr and "--port" in r.stderr
