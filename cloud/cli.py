@@ -15,6 +15,7 @@ come from KMS.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from typing import Any
 
 import click
 
-from bentoedge.bentos.errors import HealthCheckError, UsageError
+from bentoedge.bentos.errors import DeployError, HealthCheckError, UsageError
 from bentoedge.bentos.keystore import LocalKeys, default_home
 from bentoedge.bentos.sealed import SealedModel
 
@@ -93,19 +94,53 @@ def deploy() -> None:
 
 
 def _aws_options(f: Any) -> Any:
+    f = _aws_errors(f)
     f = click.option("--region", default=None, help="AWS region (default: from the AWS config).")(f)
     f = click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
                      help="AWS API endpoint (for a local moto_server).")(f)
     return f
 
 
-def _container_env(sealed: SealedModel) -> dict[str, str]:
+def _aws_errors(f: Any) -> Any:
+    """AWS's own failures (no credentials, an API refusal) as one line with the next step."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            from botocore import exceptions as aws
+        except ImportError:
+            raise DeployError("deploying needs boto3: pip install 'bentoedge[cloud]'") from None
+        try:
+            return f(*args, **kwargs)
+        except aws.NoCredentialsError:
+            raise DeployError("no AWS credentials found: configure them (aws configure, AWS_PROFILE, or "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and run this again") from None
+        except aws.NoRegionError:
+            raise DeployError("no AWS region set: pass --region or set AWS_DEFAULT_REGION") from None
+        except aws.ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise DeployError(f"AWS refused {exc.operation_name}: {err.get('Code', '?')}: {err.get('Message', exc)}"
+                              ) from None
+        except aws.EndpointConnectionError as exc:
+            raise DeployError(f"cannot reach AWS at {exc.kwargs.get('endpoint_url', '?')}: check --endpoint-url and "
+                              "the network") from None
+    return wrapper
+
+
+_ALLOW_NO_KMS = click.option("--allow-no-kms", is_flag=True,
+                             help="Deploy even though the cloud artifacts are not wrapped for KMS (the "
+                                  "container must then get its key another way).")
+
+
+def _container_env(sealed: SealedModel, allow_no_kms: bool = False) -> dict[str, str]:
     info = sealed.verify(LocalKeys(default_home()).trusted_signers(), target="cloud")
     wraps = sealed.wraps()
     cloud_ids = [a.id for a in sealed.manifest.artifacts if a.target == "cloud"]
     if not all(any(w.get("type") == "kms" for w in wraps.get(i, [])) for i in cloud_ids):
-        click.secho(f"warning: {sealed.manifest.tag}'s cloud artifacts are not all wrapped for KMS; the container "
-                    "will not be able to unwrap them (build with --recipient kms:ARN)", fg="yellow", err=True)
+        problem = (f"{sealed.manifest.tag}'s cloud artifacts are not all wrapped for KMS, so the container will "
+                   "not be able to unwrap them")
+        if not allow_no_kms:
+            raise DeployError(f"{problem}: build with --recipient kms:ARN, or pass --allow-no-kms to deploy anyway")
+        click.secho(f"warning: {problem} (--allow-no-kms)", fg="yellow", err=True)
     return {"BENTOEDGE_MODEL": sealed.manifest.tag, "BENTOEDGE_TRUSTED_SIGNERS": info.public_key.hex(),
             "BENTOEDGE_KMS": "1", "BENTOML_DO_NOT_TRACK": "true"}
 
@@ -117,16 +152,18 @@ def _container_env(sealed: SealedModel) -> dict[str, str]:
 @click.option("--role", required=True, help="Execution role ARN SageMaker assumes.")
 @click.option("--memory", default=2048, show_default=True, type=int, help="MemorySizeInMB (1024-6144).")
 @click.option("--max-concurrency", default=5, show_default=True, type=int, help="MaxConcurrency (1-200).")
+@_ALLOW_NO_KMS
 @_aws_options
 def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max_concurrency: int,
-              region: str | None, endpoint_url: str | None) -> None:
+              allow_no_kms: bool, region: str | None, endpoint_url: str | None) -> None:
     """Create or update SageMaker Serverless endpoint ENDPOINT to serve MODEL (NAME:VERSION)."""
     from bentoedge.cloud.deploy.aws import Clients, deploy_sagemaker
     from bentoedge.cloud.deploy.plan import SageMakerDesired
 
     sealed = _sealed(model)
     m = sealed.manifest
-    d = SageMakerDesired(endpoint, m.name, m.version, image, role, memory, max_concurrency, _container_env(sealed))
+    d = SageMakerDesired(endpoint, m.name, m.version, image, role, memory, max_concurrency,
+                         _container_env(sealed, allow_no_kms))
     result = deploy_sagemaker(d, Clients(endpoint_url, region), say=click.echo)
     if result.changed:
         click.echo(f"endpoint {endpoint} -> {m.tag} ({len(result.done)} change(s))")
@@ -139,16 +176,17 @@ def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max
 @click.option("--role", required=True, help="Execution role ARN Lambda assumes.")
 @click.option("--memory", default=2048, show_default=True, type=int, help="MemorySize in MB (128-10240).")
 @click.option("--timeout", "timeout_s", default=60, show_default=True, type=int, help="Timeout in seconds.")
+@_ALLOW_NO_KMS
 @_aws_options
 def lambda_(model: str, function: str, image: str, role: str, memory: int, timeout_s: int,
-            region: str | None, endpoint_url: str | None) -> None:
+            allow_no_kms: bool, region: str | None, endpoint_url: str | None) -> None:
     """Create or update Lambda container function FUNCTION to serve MODEL (NAME:VERSION)."""
     from bentoedge.cloud.deploy.aws import Clients, deploy_lambda
     from bentoedge.cloud.deploy.plan import LambdaDesired
 
     sealed = _sealed(model)
     m = sealed.manifest
-    env = _container_env(sealed) | {"AWS_LWA_READINESS_CHECK_PATH": "/readyz", "AWS_LWA_PORT": "3000"}
+    env = _container_env(sealed, allow_no_kms) | {"AWS_LWA_READINESS_CHECK_PATH": "/readyz", "AWS_LWA_PORT": "3000"}
     d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env)
     result = deploy_lambda(d, Clients(endpoint_url, region), say=click.echo)
     if result.changed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -135,7 +136,7 @@ def sm_names(url: str, prefix: str) -> tuple[set[str], set[str]]:
 
 def test_sagemaker_create_idempotent_delete(aws: str, tiny_sealed: TinySealed) -> None:
     args = ["deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "tiny-ep", "--image", "example.org/bentoedge:v1",
-            "--role", ROLE]
+            "--role", ROLE, "--allow-no-kms"]
     code, out = cli(*args)
     assert code == 0, out
     assert "create model" in out and "create endpoint config" in out and "create endpoint: tiny-ep" in out
@@ -266,12 +267,39 @@ def test_missing_version_role_or_image_exit_2_and_leave_nothing(aws: str, tiny_s
     code, out = cli("deploy", "sagemaker", "tiny:v404", "--endpoint", "nope-ep", "--image", "x/y:1", "--role", ROLE)
     assert code == 2 and "no sealed model 'tiny:v404'" in out
     code, out = cli("deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "nope-ep", "--image", "x/y:1",
-                    "--role", "arn:aws:iam::123456789012:role/does-not-exist")
+                    "--role", "arn:aws:iam::123456789012:role/does-not-exist", "--allow-no-kms")
     assert code == 2 and "does-not-exist cannot be used" in out
     code, out = cli("deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "nope-ep", "--image",
-                    "123456789012.dkr.ecr.us-east-1.amazonaws.com/missing:v1", "--role", ROLE)
+                    "123456789012.dkr.ecr.us-east-1.amazonaws.com/missing:v1", "--role", ROLE, "--allow-no-kms")
     assert code == 2 and "not in ECR" in out
     assert endpoint_config(aws, "nope-ep") is None and sm_names(aws, "nope-ep") == (set(), set())
+
+
+def test_a_model_not_wrapped_for_kms_stops_the_deploy_unless_allowed(aws: str, tiny_sealed: TinySealed) -> None:
+    for kind, name_opt in (("sagemaker", "--endpoint"), ("lambda", "--function")):
+        code, out = cli("deploy", kind, tiny_sealed.tag, name_opt, "kms-ep", "--image", "x/y:1", "--role", ROLE)
+        assert code == 2 and "not all wrapped for KMS" in out and "--allow-no-kms" in out, out
+        assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert endpoint_config(aws, "kms-ep") is None and sm_names(aws, "kms-ep") == (set(), set())
+
+
+def test_no_aws_credentials_is_one_line_with_the_next_step(tiny_sealed: TinySealed, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    # Nothing on disk either, and no instance metadata service to ask (the only network is loopback).
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("BENTOEDGE_HOME", str(tiny_sealed.home))
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # earlier tests' session caches their credentials
+    code, out = cli("deploy", "sagemaker", tiny_sealed.tag, "--endpoint", "cred-ep", "--image", "x/y:1",
+                    "--role", ROLE, "--allow-no-kms", "--endpoint-url", "http://127.0.0.1:9")
+    assert code == 2 and "no AWS credentials found" in out and "aws configure" in out, out
+    assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("error: no AWS credentials"), out
 
 
 def test_a_failing_step_rolls_back_what_it_created(aws: str) -> None:
@@ -290,7 +318,7 @@ def test_a_failing_step_rolls_back_what_it_created(aws: str) -> None:
 def test_lambda_create_update_delete(aws: str, tiny_sealed: TinySealed) -> None:
     import boto3
 
-    args = ["deploy", "lambda", tiny_sealed.tag, "--function", "tiny-fn", "--role", ROLE]
+    args = ["deploy", "lambda", tiny_sealed.tag, "--function", "tiny-fn", "--role", ROLE, "--allow-no-kms"]
     code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
     if code != 0 and "not in ECR" in out:  # push a (manifest-only) image into moto's ECR first
         ecr = boto3.client("ecr", endpoint_url=aws)
