@@ -106,7 +106,7 @@ def agent() -> None:
 @click.option("--state", type=click.Path(path_type=Path), default=None, help="State folder (default $BENTOEDGE_HOME/agent).")
 @click.option("--device-id", default=None, help="Device id (default: generated).")
 @click.option("--device-class", default="default", show_default=True, help="Device class for targeted rollouts.")
-@click.option("--port", default=3000, show_default=True, type=int, help="Local API port.")
+@click.option("--port", default=agent_config.DEFAULT_PORT, show_default=True, type=int, help="Local API port.")
 @click.option("--model", default="", help="Model name to follow (default: the only one published).")
 @click.option("--signer", "signers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trusted model-signer public key PEM (repeatable; default $BENTOEDGE_HOME/keys/signing.pub).")
@@ -168,8 +168,19 @@ def _load(config_path: Path | None) -> agent_config.AgentConfig:
 @agent.command("sync")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="agent.toml path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def sync(config_path: Path | None, as_json: bool) -> None:
-    """Run one update cycle, then exit: 0 updated or up to date, 1 refused or failed."""
+@click.option("--now", is_flag=True,
+              help="If 'agent run' is running on this state folder, make it check now and wait for its result.")
+@click.option("--wait", "wait_s", default=300.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="With --now: how long to wait for the running agent's cycle, in seconds.")
+def sync(config_path: Path | None, as_json: bool, now: bool, wait_s: float) -> None:
+    """Run one update cycle, then exit: 0 updated or up to date, 1 refused or failed.
+
+    \b
+    Examples:
+      bentoedge agent sync                  # no agent running: one cycle here
+      bentoedge agent sync --now            # an agent is running: it checks at once (SIGUSR1)
+      kill -USR1 $(cat STATE/agent.lock)    # the same, by hand
+    """
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
@@ -177,6 +188,13 @@ def sync(config_path: Path | None, as_json: bool) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load(config_path)
+    holder = DeviceState(cfg.state_dir).holder()
+    if holder is not None:
+        if not now:
+            raise UsageError(f"an agent (pid {holder}) is running on {cfg.state_dir} and checks every "
+                             f"{cfg.poll_seconds:g} s; pass --now to make it check at once")
+        _wake_running_agent(cfg, holder, wait_s, as_json)
+        return
     console = Console(stderr=True)
     # A bar per downloaded file on a terminal; nothing in a log or under --json.
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -194,6 +212,39 @@ def sync(config_path: Path | None, as_json: bool) -> None:
     else:
         click.echo(f"{r.result.value}: {r.reason}")
     sys.exit(0 if r.ok else 1)
+
+
+def _wake_running_agent(cfg: agent_config.AgentConfig, pid: int, wait_s: float, as_json: bool) -> None:
+    """Signal the agent holding the state folder, then wait for the cycle it runs to be recorded."""
+    import os
+    import time
+
+    from bentoedge.edge.sync.machine import Result
+
+    state = DeviceState(cfg.state_dir)
+    before = state.read_status().get("cycles", 0)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        raise UsageError(f"the agent (pid {pid}) that held {cfg.state_dir} has exited; run this again") from None
+    except PermissionError:
+        raise UsageError(f"the agent (pid {pid}) runs as another user; run this as that user") from None
+    click.echo(f"asked the running agent (pid {pid}) to check now; waiting for its result", err=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = state.read_status()
+        if status.get("cycles", 0) > before:
+            result, reason = status.get("last_result"), status.get("last_reason") or status.get("last_error")
+            if as_json:
+                click.echo(json.dumps({"result": result, "reason": reason, "pid": pid}))
+            else:
+                click.echo(f"{result}: {reason}")
+            sys.exit(0 if result in {r.value for r in Result if r.ok} else 1)
+        if state.holder() != pid:
+            raise UsageError(f"the agent (pid {pid}) stopped before finishing its check; see its log")
+        time.sleep(0.2)
+    raise UsageError(f"the agent (pid {pid}) did not finish a check within {wait_s:g} s; see its log, "
+                     "or pass a longer --wait")
 
 
 @agent.command("status")
@@ -232,11 +283,18 @@ def run(config_path: Path | None, port: int | None) -> None:
     cfg = agent_config.with_overrides(_load(config_path), port=port)
     stop = threading.Event()
 
+    wake = threading.Event()
+
     def _stop(signum: int, frame: Any) -> None:
         stop.set()
+        wake.set()
+
+    def _wake(signum: int, frame: Any) -> None:
+        wake.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGUSR1, _wake)  # 'agent sync --now
     try:
         wiring = wire(cfg, serve=True)
     except OSError as exc:
@@ -248,7 +306,7 @@ def run(config_path: Path | None, port: int | None) -> None:
         wired.agent.start_up()
         wired.server.start()
         click.echo(f"serving on {wired.server.url}", err=True)
-        loop = threading.Thread(target=wired.agent.run_forever, args=(stop,), name="bentoedge-sync", daemon=True)
+        loop = threading.Thread(target=wired.agent.run_forever, args=(stop, wake), name="bentoedge-sync", daemon=True)
         loop.start()
         try:
             while not stop.wait(0.5):

@@ -32,6 +32,10 @@ MODES: tuple[Mode, ...] = get_args(Mode)
 CONFIG_FILE = "agent.toml"
 
 
+# Not BentoML's 3000: the agent and 'bentoedge serve' (the cloud side) often share a laptop.
+DEFAULT_PORT = 3100
+
+
 @dataclass(frozen=True)
 class Limits:
     """What this device handles itself; anything beyond goes to the cloud."""
@@ -52,7 +56,7 @@ class AgentConfig:
     channel: str
     cloud: str
     state: str
-    port: int = 3000
+    port: int = DEFAULT_PORT
     host: str = "127.0.0.1"
     mode: Mode = "prefer_edge"
     poll_seconds: float = 300.0

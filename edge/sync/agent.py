@@ -168,6 +168,7 @@ class SyncAgent:
             "device_id": config.device_id, "device_class": config.device_class, "channel": config.channel,
             "active": None, "previous": [], "last_check": None, "last_result": None, "last_error": None,
             "last_update": None, "consecutive_errors": 0, "failed": self.state.failed(),
+            "last_reason": None, "cycles": 0,
         }
 
     def close(self) -> None:
@@ -308,7 +309,8 @@ class SyncAgent:
         chosen = cycle.candidate
         result = SyncResult(stage, chosen.version if chosen else cycle.active_version, reason, timings,
                             self.fetcher.requests - req0, self.fetcher.bytes - bytes0)
-        self._set_status(last_check=_now(), last_result=stage.value,
+        self._set_status(last_check=_now(), last_result=stage.value, last_reason=reason,
+                         cycles=self._status["cycles"] + 1,
                          last_error=None if result.ok else reason,
                          consecutive_errors=machine.errors_after(stage, self._status["consecutive_errors"]),
                          **({"last_update": _now()} if stage is Result.UPDATED else {}))
@@ -451,17 +453,23 @@ class SyncAgent:
 
     # ---- the loop ------------------------------------------------------------------------------
 
-    def run_forever(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set: jitter when healthy, exponential backoff after errors."""
+    def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Poll until ``stop`` is set: jitter when healthy, exponential backoff after errors.
+        Setting ``wake`` (``agent sync --now`` sends SIGUSR1, which sets it) ends the wait at
+        once, so a publish need not wait out the poll period; whoever sets ``stop`` sets it too."""
+        woken = wake if wake is not None else stop
         while not stop.is_set():
             try:
                 result = self.sync_once()
             except Exception as exc:  # configuration gone bad (keys, root): keep serving, keep trying
                 log.exception("sync cycle crashed: %s", exc)
                 self._set_status(last_check=_now(), last_result=Result.ERROR.value, last_error=str(exc),
+                                 last_reason=str(exc), cycles=self._status["cycles"] + 1,
                                  consecutive_errors=machine.errors_after(Result.ERROR,
                                                                          self._status["consecutive_errors"]))
             else:
                 log.debug("sync: %s %s", result.result, result.reason)
             delay = machine.next_delay(self.config.poll_seconds, self._status["consecutive_errors"], self.rand())
-            stop.wait(delay)
+            if woken.wait(delay) and wake is not None and not stop.is_set():
+                wake.clear()
+                log.info("sync: woken up to check now")

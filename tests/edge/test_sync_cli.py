@@ -109,3 +109,47 @@ def test_agent_run_on_a_busy_port_says_so_in_one_line(device: tuple[Channel, Pat
                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and f"port {port} is already in use" in r.stderr and "--port" in r.stderr
+
+
+@pytest.mark.slow
+def test_agent_sync_now_makes_a_running_agent_check_at_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ch = Channel.init((tmp_path / "chan").as_uri(), home=home)
+    dev = make_device(tmp_path / "dev", ch.url, ch.root_bytes(), signer_pub(home), poll_seconds=3600)
+    agent_config.save(dev.config)
+    ch.enroll("dev-1", dev.pub_pem)
+    cfg = tmp_path / "dev" / "agent.toml"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "bentoedge", "agent", "run", "--config", str(cfg), "--port", str(port)],
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    status = tmp_path / "dev" / "status.json"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:  # its first cycle: nothing published yet
+            if status.exists() and json.loads(status.read_text()).get("cycles", 0) >= 1:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("agent run did not finish its first cycle within 60 s")
+        ch.publish(seal_tiny(tmp_path / "s1", home, "v1", 1))
+        sync = [sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg)]
+        r = subprocess.run(sync, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"pid {proc.pid}" in r.stderr and "--now" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        t0 = time.monotonic()
+        r = subprocess.run([*sync, "--now", "--json"], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout.splitlines()[-1])["result"] == Result.UPDATED.value
+        assert time.monotonic() - t0 < 60  # not the hour-long poll period
+        assert (json.loads(status.read_text()).get("active") or {}).get("version") == "v1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out
+    # With no agent running, --now runs the cycle here, as plain 'agent sync' does.
+    r = subprocess.run([sys.executable, "-m", "bentoedge", "agent", "sync", "--config", str(cfg), "--now", "--json"],
+                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["result"] == Result.UP_TO_DATE.value, r.stderr
