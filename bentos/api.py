@@ -50,6 +50,7 @@ HEADER_SERVED_BY = "x-bentoedge-served-by"
 HEADER_VERSION = "x-bentoedge-model-version"
 HEADER_MODEL = "x-bentoedge-model"
 HEADER_REASON = "x-bentoedge-fallback-reason"
+HEADER_DEGRADED = "x-bentoedge-degraded"  # served by the device though the cloud was wanted, and why
 
 
 # -- framing: how long a body may be, decided before it is read ------------------------------
@@ -280,12 +281,18 @@ def placement_headers(served_by: str, version: str, name: str = "",
 
 
 def prediction_reply(outputs: Mapping[str, np.ndarray], name: str, version: str, served_by: str,
-                     accept: str | None) -> Reply:
-    """The 200 for outputs a server computed itself: JSON or .npz as the client accepts, placement in headers."""
+                     accept: str | None, degraded: str = "") -> Reply:
+    """The 200 for outputs a server computed itself: JSON or .npz as the client accepts, placement in
+    headers.  ``degraded`` (the device only) says why a request that wanted the cloud ran here."""
     headers = placement_headers(served_by, version, name)
+    if degraded:
+        headers[HEADER_DEGRADED] = degraded
     if wants_npz(accept):
         return Reply(200, encode_npz(outputs), NPZ, headers)
-    return json_reply(200, response_json(outputs, name, version, served_by), headers)
+    body = response_json(outputs, name, version, served_by)
+    if degraded:
+        body["degraded"] = degraded
+    return json_reply(200, body, headers)
 
 
 def response_json(outputs: Mapping[str, np.ndarray], name: str, version: str, served_by: str,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bentoedge.bentos.api import (
+    HEADER_DEGRADED,
     HEADER_MODEL,
     HEADER_REASON,
     HEADER_SERVED_BY,
@@ -84,13 +85,16 @@ def predict_operation(signature: Signature | None, served_by: Sequence[str]) -> 
             "200": {"description": "outputs by name",
                     "headers": {HEADER_SERVED_BY: {**header, "description": "edge or cloud"},
                                 HEADER_VERSION: header, HEADER_MODEL: header,
-                                HEADER_REASON: {**header, "description": "why it was forwarded (forwarded answers)"}},
+                                HEADER_REASON: {**header, "description": "why it was forwarded (forwarded answers)"},
+                                HEADER_DEGRADED: {**header, "description": "device answers only: why a request that "
+                                                  "wanted the cloud ran here (the cloud could not answer)"}},
                     "content": {
                         JSON: {"schema": {"type": "object", "required": ["outputs", "model", "served_by"],
                                           "properties": {
                                               "outputs": outputs, "model": {"type": "object"},
                                               "served_by": {"type": "string", "enum": list(served_by)},
-                                              "fallback_reason": {"type": "string"}}}},
+                                              "fallback_reason": {"type": "string"},
+                                              "degraded": {"type": "string"}}}},
                         NPZ: {"schema": {"type": "string", "format": "binary"}}}},
             "400": _error("malformed body, or an unknown or missing input"),
             "404": _error("no such route"),

@@ -181,7 +181,7 @@ class Gateway:
         cloud_failure = ""
         for _ in range(3):  # edge -> cloud -> edge at most; each step changes a fact
             if decision.route == "edge" and model is not None and arrays is not None:
-                reply = self._local(model, arrays, accept, start, deadline)
+                reply = self._local(model, arrays, accept, start, deadline, decision.reason)
                 if reply is not None:
                     return reply
                 facts = replace(facts, local_failed=True)
@@ -198,7 +198,7 @@ class Gateway:
         return self._reject(decision, cloud_failure, start)
 
     def _local(self, model: ServingModel, arrays: dict[str, np.ndarray], accept: str | None,
-               start: float, deadline: float) -> Reply | None:
+               start: float, deadline: float, degraded: str = "") -> Reply | None:
         self.load.enter()
         t0 = time.monotonic()
         ms: float | None = None
@@ -212,8 +212,8 @@ class Gateway:
             return None
         finally:
             self.load.leave(ms)
-        reply = prediction_reply(outputs, model.name, model.version, "edge", accept)
-        self.metrics.observe("edge", 200, time.monotonic() - start)
+        reply = prediction_reply(outputs, model.name, model.version, "edge", accept, degraded)
+        self.metrics.observe("edge", 200, time.monotonic() - start, degraded=degraded)
         return reply
 
     def _forward(self, body: bytes, content_type: str | None, accept: str | None, deadline: float,

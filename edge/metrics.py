@@ -40,14 +40,17 @@ class Metrics:
         self._requests: dict[tuple[str, int], int] = {}  # (served_by, status) -> count
         self._fallbacks: dict[str, int] = {}  # reason -> count
         self._cloud_errors: dict[str, int] = {}  # kind -> count
+        self._degraded: dict[str, int] = {}  # why a request that wanted the cloud ran here -> count
         self._latency: dict[str, _Histogram] = {}  # served_by -> latency of 2xx answers
 
-    def observe(self, served_by: str, status: int, seconds: float, reason: str = "") -> None:
+    def observe(self, served_by: str, status: int, seconds: float, reason: str = "", degraded: str = "") -> None:
         with self._lock:
             key = (served_by, status)
             self._requests[key] = self._requests.get(key, 0) + 1
             if reason:
                 self._fallbacks[reason] = self._fallbacks.get(reason, 0) + 1
+            if degraded:
+                self._degraded[degraded] = self._degraded.get(degraded, 0) + 1
             if 200 <= status < 300:
                 self._latency.setdefault(served_by, _Histogram()).observe(seconds)
 
@@ -63,7 +66,7 @@ class Metrics:
                 counts.setdefault(where, {})[str(status)] = n
             latency = {where: _summarize(list(h.recent), h.n) for where, h in self._latency.items()}
             return {"requests": counts, "latency_ms": latency, "fallback_reasons": dict(self._fallbacks),
-                    "cloud_errors": dict(self._cloud_errors)}
+                    "cloud_errors": dict(self._cloud_errors), "degraded": dict(self._degraded)}
 
     def render(self, gauges: Mapping[str, float]) -> str:
         """The Prometheus text exposition of every metric, plus ``gauges`` (name -> value)."""
@@ -77,6 +80,10 @@ class Metrics:
                     "# TYPE bentoedge_fallback_total counter"]
             for reason, n in sorted(self._fallbacks.items()):
                 out.append(f'bentoedge_fallback_total{{reason="{_esc(reason)}"}} {n}')
+            out += ["# HELP bentoedge_degraded_total Requests answered locally though they wanted the cloud, by reason.",
+                    "# TYPE bentoedge_degraded_total counter"]
+            for reason, n in sorted(self._degraded.items()):
+                out.append(f'bentoedge_degraded_total{{reason="{_esc(reason)}"}} {n}')
             out += ["# HELP bentoedge_cloud_errors_total Failed calls to the cloud endpoint, by kind.",
                     "# TYPE bentoedge_cloud_errors_total counter"]
             for kind, n in sorted(self._cloud_errors.items()):

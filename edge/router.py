@@ -98,7 +98,11 @@ class RouterPolicy:
 @dataclass(frozen=True)
 class Decision:
     route: Route
-    reason: str = ""  # empty when the request simply runs where the mode wants it
+    # Empty when the request simply runs where the mode wants it.  On an "edge" route it is
+    # the degraded state: the request wanted the cloud (a soft reason, or prefer_cloud) and runs
+    # here because the cloud cannot answer; it says both, e.g. "latency_budget,cloud_circuit_open",
+    # and the answer carries it (x-bentoedge-degraded).
+    reason: str = ""
 
     @property
     def forwarded(self) -> bool:
@@ -150,6 +154,8 @@ def decide(request: RequestFacts, device: DeviceState, policy: RouterPolicy) -> 
         return Decision("cloud", PREFER_CLOUD)
     reason = local_reason(request, device, policy.limits)
     if not reason:
+        if policy.mode == "prefer_cloud" and not request.local_failed:
+            return Decision("edge", f"{PREFER_CLOUD},{cloud_problem}")  # cloud preferred, cloud down
         return Decision("edge")
     if cloud_ok:
         return Decision("cloud", reason)
@@ -162,4 +168,4 @@ def decide(request: RequestFacts, device: DeviceState, policy: RouterPolicy) -> 
     # Soft reason and no cloud: answering late beats not answering, up to the queue bound.
     if device.inflight >= policy.queue_limit:
         return Decision("reject", f"{OVERLOADED},{cloud_problem}")
-    return Decision("edge", reason)
+    return Decision("edge", f"{reason},{cloud_problem}")

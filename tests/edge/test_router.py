@@ -12,6 +12,7 @@ from bentoedge.edge.router import (
     BATCH_LIMIT,
     CLOUD_NOT_CONFIGURED,
     CLOUD_ONLY,
+    EDGE_ONLY,
     HARD_REASONS,
     LATENCY_BUDGET,
     LOCAL_ERROR,
@@ -68,7 +69,7 @@ def test_with_the_cloud_down_hard_reasons_reject_and_soft_ones_run_locally() -> 
         if reason in HARD_REASONS:
             assert d.route == "reject" and d.reason == f"{reason},cloud_circuit_open", reason
         else:
-            assert d.route == "edge" and d.reason == reason, reason
+            assert d.route == "edge" and d.reason == f"{reason},cloud_circuit_open", reason  # degraded
 
 
 def test_local_queue_has_a_hard_bound_when_nothing_else_can_answer() -> None:
@@ -155,6 +156,12 @@ def test_decide_is_total_and_keeps_every_rule(req: RequestFacts, dev: DeviceStat
         assert d.route == ("cloud" if cloud_ok else "reject")
     if policy.mode == "prefer_cloud" and cloud_ok and not req.local_failed:
         assert (d.route, d.reason) == ("cloud", PREFER_CLOUD)
+    # Served here although the mode or a limit wanted the cloud: degraded, and it says why.
+    if d.route == "edge" and d.reason:
+        problem = EDGE_ONLY if policy.mode == "edge_only" else (dev.cloud_problem or CLOUD_NOT_CONFIGURED)
+        assert not cloud_ok and d.reason.endswith("," + problem)
+    if d.route == "edge" and (reason or policy.mode == "prefer_cloud"):
+        assert d.reason, "a degraded local answer must say so"
     if policy.mode == "prefer_edge":
         if not reason:
             assert (d.route, d.reason) == ("edge", "")

@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 from api_support import StubCloud
 
-from bentoedge.bentos.api import HEADER_REASON, HEADER_SERVED_BY, HEADER_VERSION, NPZ
+from bentoedge.bentos.api import (
+    HEADER_DEGRADED,
+    HEADER_REASON,
+    HEADER_SERVED_BY,
+    HEADER_VERSION,
+    NPZ,
+)
 from bentoedge.edge.breaker import CircuitBreaker
 from bentoedge.edge.runtime import EdgeModel
 from bentoedge.edge.server import AgentServer
@@ -246,7 +252,18 @@ def test_cloud_down_serves_locally_what_it_can_and_503_with_the_reason_otherwise
     ok = make_agent(load("tiny"), cloud=dead_cloud_url, breaker=breaker, max_batch=1)
     status, headers, doc = predict(ok, X * 2)
     assert status == 200 and headers[HEADER_SERVED_BY] == "edge"
+    # ... and it says it is degraded, and why: it wanted the cloud, which could not answer.
+    assert headers[HEADER_DEGRADED] == doc["degraded"] == "batch_limit,cloud_unreachable", doc
     assert breaker.state == "open"
+    assert json.loads(get(ok, "/status")[1])["served"]["degraded"] == {"batch_limit,cloud_unreachable": 1}
+    assert 'bentoedge_degraded_total{reason="batch_limit,cloud_unreachable"} 1' in get(ok, "/metrics")[1].decode()
+    # A plain request on a healthy path is not marked.
+    status, headers, doc = predict(ok)
+    assert status == 200 and HEADER_DEGRADED not in headers and "degraded" not in doc
+    # prefer_cloud with the cloud down: answered here, and marked.
+    pc = make_agent(load("tiny"), cloud=dead_cloud_url, breaker=breaker, mode="prefer_cloud")
+    status, headers, doc = predict(pc)
+    assert status == 200 and headers[HEADER_DEGRADED] == "mode_prefer_cloud,cloud_circuit_open", headers
     status, _, doc = predict(server, X * 2)  # now the breaker answers without trying
     assert status == 503 and doc["reason"] == "local_error,cloud_circuit_open"
     nomodel = make_agent(None, cloud=dead_cloud_url, breaker=breaker)
