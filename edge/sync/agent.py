@@ -218,6 +218,20 @@ class SyncAgent:
             self._keyring = Keyring().add_x25519(key)
         return self._keyring
 
+    def _check_enrolled(self, sealed: SealedModel) -> None:
+        """A version with no edge artifact wrapped for this device's key means the device was
+        not enrolled when it was published: say that and the fix, not "cannot unwrap"."""
+        mine = set(self.keyring().x25519)
+        wraps = sealed.wraps()
+        edge = [a.id for a in sealed.manifest.artifacts if a.target == "edge"]
+        if edge and not any(w.get("type") == "x25519" and w.get("keyid") in mine
+                            for i in edge for w in wraps.get(i, [])):
+            c = self.config
+            raise KeyMissingError(
+                f"this device ({c.device_id}) is not enrolled for {sealed.manifest.tag}: on the publisher run "
+                f"'bentoedge channel enroll {c.device_id} {self.state.pub_file} --channel {c.channel}', "
+                f"then publish {sealed.manifest.tag} again")
+
     def _updater(self) -> Updater:
         try:
             bootstrap = self.state.root_file.read_bytes()
@@ -368,6 +382,7 @@ class SyncAgent:
             return Outcome.OK, "installed", cycle
         if stage is Stage.HEALTH:
             sealed = self._open_verified(cand.version, cand)
+            self._check_enrolled(sealed)
             model = self.loader(sealed, self.keyring(), self.config)
             self._crash("health-check")  # tests: a model that kills the agent mid-check
             return Outcome.OK, "healthy", replace(cycle, model=model)

@@ -74,7 +74,8 @@ def test_enrolling_later_and_republishing_lets_the_new_device_decrypt(chan: tupl
     dev = make_device(tmp_path / "dev", ch.url, ch.root_bytes(), signer_pub(home))
     with SyncAgent(dev.config, dev.active) as agent:
         r = agent.sync_once()
-        assert r.result == "error" and "unwrap" in r.reason  # not enrolled: no wrap for it yet
+        assert r.result == "error" and "this device (dev-1) is not enrolled for tiny:v1" in r.reason, r.reason
+        assert "bentoedge channel enroll dev-1 " in r.reason and "then publish tiny:v1 again" in r.reason
         assert agent.status()["failed"] == {}  # the device's missing key is not the version's fault
         ch.enroll("dev-1", dev.pub_pem)
         ch.publish(sealed)
