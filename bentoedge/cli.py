@@ -23,6 +23,7 @@ from bentoedge.bentos.errors import BentoEdgeError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("bentoedge.bentos.cli", "keys", "Create and show the local signing key and KEK."),
     "build": ("bentoedge.bentos.cli", "build", "Convert, quantize, gate, encrypt and sign a model."),
+    "setup": ("bentoedge.bentos.cli", "setup", "Install the build tools bentoedge runs in environments of their own (onnx2tf)."),
     "inspect": ("bentoedge.bentos.cli", "inspect", "Show a sealed model's manifest and quality report (no key needed)."),
     "verify": ("bentoedge.bentos.cli", "verify", "Check a sealed model's signature and hashes; exit 1 if bad."),
     "export": ("bentoedge.bentos.cli", "export", "Write a sealed model to one file."),

@@ -8,7 +8,9 @@ code use it in tests).  Both go through ``prepare``, which
    conversion),
 2. opens the source and loads the calibration/validation data against its signature,
 3. converts each requested edge (TFLite) and cloud (ONNX) artifact into memory, in a
-   private 0700 temp folder for converter files that is removed in a ``finally``,
+   private 0700 temp folder for converter files that is removed in a ``finally`` (an ONNX
+   source reaches the edge through onnx2tf in its own interpreter, ``convert.onnx_to_tflite``,
+   refused in one line before any conversion when none is set up),
 4. runs every artifact and the float source on the validation inputs and gates them
    (``bentos.quality``); over budget raises ``QualityGateError`` with the rows, unless
    ``accept_quality``,
@@ -24,6 +26,7 @@ Nothing is written to the store until every step passed, so a failed build leave
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +145,21 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
             raise DataError(f"quantized artifacts ({', '.join(quantized)}) need --validation F.npz for the "
                             "quality gate (or --calibration); or pass --accept-quality")
 
+    if src.kind == "onnx" and edge:
+        # Before any conversion: without onnx2tf the edge target is refused in one line.
+        convert.onnx2tf_python(os.environ, Path(opts.home))
+
     plains: list[Plain] = []
     runners: dict[str, convert.Runner] = {}
     with convert.private_workdir() as work:
+        if src.kind == "onnx" and edge:
+            _note(progress, "converting the ONNX model to TensorFlow with onnx2tf (20 s or more)")
+            made = convert.onnx_savedmodel(src, work, val, home=Path(opts.home))
+            _note(progress, f"onnx2tf done in {made.seconds:.0f} s; inputs fixed at "
+                            + ", ".join(f"{t.name} {s}" for t, s in zip(sig.inputs, made.shapes, strict=True)))
         for p in edge:
             _note(progress, f"converting edge-{p} (TFLite)")
-            data = convert.to_tflite(src, p, calib, work)
+            data = convert.to_tflite(src, p, calib, work, example=val)
             plains.append(Plain(f"edge-{p}", "edge", data, "litert", p))
             runners[f"edge-{p}"] = convert.tflite_runner(data, sig)
         fp32_onnx: bytes | None = None

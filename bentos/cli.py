@@ -1,4 +1,4 @@
-"""The build-side verbs of ``bentoedge``: keys, build, inspect, verify, export, import, list.
+"""The build-side verbs of ``bentoedge``: keys, build, setup, inspect, verify, export, import, list.
 
 Each verb is a thin shell: it parses flags, calls ``bentos.build``/``bentos.store``/
 ``bentos.sealed`` and prints.  Errors are ``bentos.errors`` exceptions that the root
@@ -136,7 +136,8 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--validation", type=click.Path(path_type=Path), default=None,
               help=".npz of validation inputs, with optional 'labels', for the quality gate.")
 @click.option("--edge", "edge", multiple=True, default=(), metavar="int8|fp16|dynamic|fp32|none",
-              help="Edge (TFLite) precision; repeat for several. Default int8.")
+              help="Edge (TFLite) precision; repeat for several. Default int8. An .onnx SOURCE needs "
+                   "onnx2tf for this: `bentoedge setup onnx2tf` once.")
 @click.option("--cloud", "cloud", multiple=True, default=(), metavar="fp32|fp16|int8|none",
               help="Cloud (ONNX) precision; repeat for several. Default fp32.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True,
@@ -154,6 +155,10 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
     SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
     Every artifact is compared with the float model on --validation; over budget the build
     exits 1 with the table and stores nothing, unless --accept-quality.
+
+    An .onnx SOURCE reaches the edge through onnx2tf, in a virtualenv of its own (made once by
+    `bentoedge setup onnx2tf`, or $BENTOEDGE_ONNX2TF_PYTHON); the TFLite input keeps the ONNX
+    layout, and dynamic dimensions are fixed (batch 1, others the --validation data's size).
 
     \b
     Example:
@@ -186,6 +191,37 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
               + ", ".join(f"{a.id} {a.size / 1024:.0f} KiB" for a in m.artifacts if a.is_model))
     if m.extra.get("quality_accepted"):
         out.print("[yellow]warning: sealed although the quality gate failed (--accept-quality)[/]")
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+@click.group()
+def setup() -> None:
+    """Install the build tools bentoedge runs in environments of their own.
+
+    \b
+    bentoedge setup onnx2tf     onnx2tf for ONNX sources' edge artifacts ($BENTOEDGE_HOME/tools/onnx2tf)
+    """
+
+
+@setup.command("onnx2tf")
+@click.option("--python", "base_python", default=None, metavar="PYTHON",
+              help="Interpreter (3.10-3.12) to base the virtualenv on; default this one.")
+@click.option("--force", is_flag=True, help="Make it again even if it is ready.")
+def setup_onnx2tf(base_python: str | None, force: bool) -> None:
+    """Make the onnx2tf virtualenv `bentoedge build` uses for ONNX sources' edge artifacts.
+
+    It goes in $BENTOEDGE_HOME/tools/onnx2tf (about 2.6 GB; a few minutes), because onnx2tf
+    pins TensorFlow, onnx and numpy releases of its own. $BENTOEDGE_ONNX2TF_PYTHON, when set,
+    names another interpreter to use instead.
+    """
+    from bentoedge.bentos.convert.onnx_to_tflite import ONNX2TF_ENV
+    from bentoedge.bentos.convert.onnx_to_tflite import setup_onnx2tf as make
+
+    python = make(default_home(), base_python, force=force, progress=click.echo)
+    click.echo(f"bentoedge build now converts ONNX sources for the edge with {python} "
+               f"(or set {ONNX2TF_ENV}={python})")
 
 
 # ---- inspect / verify -------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 dynamic (int8 weights, float compute) or int8 (integer kernels, calibrated on
 representative inputs), always with float32 I/O so the API and the cloud twin take the
 same floats.  A ``.tflite`` source passes through unchanged at its own precision; an
-ONNX source cannot be converted yet.
+ONNX source is first made into a SavedModel by onnx2tf in its own interpreter
+(``convert.onnx_to_tflite``), with every dynamic input dimension fixed from ``example``
+(the validation data), and then converted here like any other.
 
 Names: a Keras model is first saved as a SavedModel with one serving signature that
 returns a dict of named outputs (``savedmodel_path``), so ``from_saved_model`` keeps the
@@ -21,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from bentoedge.bentos.convert.common import first_line, named, tf
+from bentoedge.bentos.convert.onnx_to_tflite import onnx_savedmodel
 from bentoedge.bentos.convert.sources import Source
-from bentoedge.bentos.errors import ConversionError
+from bentoedge.bentos.errors import ConversionError, DataError
 from bentoedge.bentos.manifest import Signature
 
 EDGE_PRECISIONS = ("int8", "fp16", "dynamic", "fp32")
@@ -30,14 +33,15 @@ EDGE_PRECISIONS = ("int8", "fp16", "dynamic", "fp32")
 MAX_CALIBRATION = 256
 
 
-def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray] | None, workdir: Path) -> bytes:
-    """The edge artifact at ``precision``, with float32 I/O and the manifest's names."""
+def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray] | None, workdir: Path,
+              example: Mapping[str, np.ndarray] | None = None) -> bytes:
+    """The edge artifact at ``precision``, with float32 I/O and the manifest's names.
+
+    ``example`` (inputs by name, samples first) fixes an ONNX source's dynamic dimensions;
+    without it the calibration data does.
+    """
     if precision not in EDGE_PRECISIONS:
         raise ConversionError(f"unknown edge precision {precision!r}: use {', '.join(EDGE_PRECISIONS)} or none")
-    if src.kind == "onnx":
-        raise ConversionError("converting an ONNX source to TFLite needs an ONNX->TensorFlow converter "
-                              "(pip install onnx2tf), which bentoedge does not drive yet; pass --edge none "
-                              "or build from the Keras/SavedModel source")
     if src.kind == "tflite":
         if precision != src.tflite_precision:
             raise ConversionError(f"{src.path.name} is already a {src.tflite_precision} TFLite model and cannot "
@@ -46,8 +50,14 @@ def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray]
     if precision == "int8" and not calibration:
         raise ConversionError("--edge int8 needs --calibration F.npz (representative inputs); "
                               "or pick --edge dynamic, which needs none")
+    keys = [t.name for t in src.signature.inputs]
+    shapes: list[tuple[int, ...]] | None = None
+    if src.kind == "onnx":
+        made = onnx_savedmodel(src, workdir, example if example is not None else calibration)
+        saved, keys, shapes = made.path, list(made.keys), list(made.shapes)
+    else:
+        saved = savedmodel_path(src, workdir)
     tf_mod = tf()
-    saved = savedmodel_path(src, workdir)
     conv = tf_mod.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serving_default"])
     if precision in ("fp16", "dynamic", "int8"):
         conv.optimizations = [tf_mod.lite.Optimize.DEFAULT]
@@ -55,7 +65,7 @@ def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray]
         conv.target_spec.supported_types = [tf_mod.float16]
     if precision == "int8":
         assert calibration is not None
-        samples = _calibration_samples(src.signature, calibration)
+        samples = _calibration_samples(src.signature, calibration, keys, shapes)
         conv.representative_dataset = lambda: iter(samples)
         # Full integer kernels inside; inference_input/output_type stay float32 so the
         # API (and the cloud twin) take the same floats.
@@ -67,9 +77,19 @@ def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray]
                               f"try another --edge precision or --edge none") from None
 
 
-def _calibration_samples(sig: Signature, data: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def _calibration_samples(sig: Signature, data: Mapping[str, np.ndarray], keys: list[str],
+                         shapes: list[tuple[int, ...]] | None) -> list[dict[str, np.ndarray]]:
+    """One-sample feeds by the SavedModel's argument names; checked against fixed shapes if any."""
     n = min(MAX_CALIBRATION, len(next(iter(data.values()))))
-    return [{t.name: np.asarray(data[t.name][i:i + 1], dtype=t.dtype) for t in sig.inputs} for i in range(n)]
+    if shapes is not None:
+        for t, s in zip(sig.inputs, shapes, strict=True):
+            have = tuple(np.shape(data[t.name])[1:])
+            if have != tuple(s[1:]):
+                raise DataError(f"calibration input {t.name!r} has samples of shape {have}, but the edge "
+                                f"artifact is fixed at {tuple(s[1:])} by the validation data; give "
+                                "calibration data of the same size")
+    return [{k: np.asarray(data[t.name][i:i + 1], dtype=t.dtype) for t, k in zip(sig.inputs, keys, strict=True)}
+            for i in range(n)]
 
 
 def savedmodel_path(src: Source, workdir: Path) -> Path:
