@@ -201,6 +201,36 @@ def environment_line(doc: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def lambda_cold_start_section(name: str, doc: Mapping[str, Any], md: list[str], body: list[str]) -> None:
+    """bench/lambda_cold_start.py in words: per model, the first answer beside the floor, and its split.
+
+    Appends to the Markdown lines ``md`` and the HTML pieces ``body``; nothing for another result.
+    """
+    models: Any = doc.get("models")
+    if name != "lambda_cold_start" or not _is_records(models):
+        return
+    splits = {r.get("model"): r for r in doc.get("first_call_split") or [] if isinstance(r, Mapping)}
+    lines = []
+    for m in models:
+        split = splits.get(m.get("model"), {})
+        # In the order the handler takes them (the JSON file keeps its keys sorted).
+        order = ["import_ms", "find_and_read_ms", "onnxruntime_import_ms", "signature_ms", "placement_ms",
+                 "unwrap_ms", "decrypt_ms", "session_ms", "golden_ms", "first_run_ms"]
+        keys = [k for k in order if k in split] + sorted(k for k in split if k.endswith("_ms") and k not in order)
+        steps = ", ".join(f"{k.removesuffix('_ms').replace('_', ' ')} {fmt(split[k])}" for k in keys)
+        size = m.get("size_bytes")
+        mb = f"{size / 1e6:.1f} MB" if isinstance(size, int | float) else "size unknown"
+        lines.append(
+            f"{m.get('model')} ({mb}, {m.get('input', '')}): first answer {fmt(m.get('cold_start_ms'))} ms into a fresh "
+            f"process (import {fmt(m.get('import_ms'))} + first call {fmt(m.get('first_call_ms'))}), against "
+            f"{fmt(m.get('floor_cold_ms'))} ms for plain ONNX Runtime (import, session from the file, one run); "
+            f"then p50 {fmt(m.get('p50_ms'))} ms a call against {fmt(m.get('floor_p50_ms'))} ms. "
+            f"The same steps one by one (ms): {steps or 'not measured'}.")
+    title = "Lambda cold start in brief"
+    md += [f"### {title}", "", *[f"- {line}" for line in lines], ""]
+    body.append(f"<h3>{title}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+
+
 def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     img_dir = out_dir / "report_files"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +257,7 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
             else:
                 md += [f"**{path}**", "", md_table(value), ""]
                 body += [f"<h3>{html.escape(path)}</h3>", html_table(value)]
+        lambda_cold_start_section(name, doc, md, body)
         for img in plots(name, doc, img_dir):
             rel = f"{img_dir.name}/{img.name}"
             md += [f"![{img.stem}]({rel})", ""]
