@@ -271,11 +271,11 @@ def verify(model: str) -> None:
 
     Trusted keys are this machine's signing key and those added with `bentoedge keys trust`.
     """
-    with open_model(model) as sealed:
-        info = sealed.verify(_keys().trusted_signers())
-        m = sealed.manifest
-        click.echo(f"ok: {m.tag} is signed by trusted key {info.keyid}; "
-                   f"{len(m.artifacts)} artifacts match their signed hashes")
+    from bentoedge.python_api import verify as verify_model
+
+    ok = verify_model(model, home=default_home())
+    click.echo(f"ok: {ok.tag} is signed by trusted key {ok.signer_keyid}; "
+               f"{ok.artifacts} artifacts match their signed hashes")
 
 
 # ---- store ------------------------------------------------------------------------------------

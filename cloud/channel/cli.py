@@ -137,9 +137,8 @@ def pin(tag: str, url: str) -> None:
 @click.option("--pin", "pinned", is_flag=True, help="Pin devices to this version.")
 def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], min_agent: str, pinned: bool) -> None:
     """Publish a sealed model's edge artifacts to a channel (keys wrapped per enrolled device)."""
-    from bentoedge.bentos.store import ModelStore
+    from bentoedge.python_api import publish as publish_model
 
-    sealed = ModelStore().get(tag)
     ch = Channel.open(url)
     if not ch.devices():
         console.print("[yellow]warning:[/] no device is enrolled; no device can decrypt this version yet "
@@ -150,8 +149,8 @@ def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], m
             task = progress.add_task(path, total=size)
             return lambda n: progress.advance(task, n)
 
-        rel = ch.publish(sealed, rollout=rollout, device_classes=device_classes, min_agent=min_agent,
-                         pinned=pinned, progress=on_file)
+        rel = publish_model(tag, url, rollout=rollout, device_classes=device_classes, min_agent=min_agent,
+                            pinned=pinned, progress=on_file)
     click.echo(f"published {rel.model}:{rel.version} release {rel.release} to {ch.url} "
                f"(rollout {rel.rollout}%, classes {','.join(rel.device_classes) or 'all'}, "
                f"{len(ch.devices())} devices)")
