@@ -161,15 +161,16 @@ def predict(port: int, x: np.ndarray, timeout: float = 10.0) -> Reply:
 
 # ---- the story ---------------------------------------------------------------------------------
 def run_demo(work: Path, console: Console, keep: bool = False) -> list[Step]:
-    from bentoedge.bentos.store import ModelStore
-
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    # Its own keys and model store inside the work folder: the demo never writes the user's
+    # ~/.bentoedge keys or ~/bentoml store, and emptying the folder removes every leftover.
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+           "BENTOEDGE_HOME": str(work / "home"), "BENTOML_HOME": str(work / "bentoml")}
     demo = Demo(work, console, env)
     try:
-        _story(demo, ModelStore())
+        _story(demo)
     except DemoFailure:
         pass
     finally:
@@ -177,15 +178,10 @@ def run_demo(work: Path, console: Console, keep: bool = False) -> list[Step]:
     return demo.steps
 
 
-def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bottom
-    from bentoedge.cloud.channel.channel import state_dir_for
+def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
     from bentoedge.examples.digits import make_example
 
     with d.step("1. Keys and the example model"):
-        for m in store.list():  # leftovers of an earlier run
-            if m.name == MODEL:
-                store.delete(m.tag)
-        shutil.rmtree(state_dir_for((d.work / "channel").as_uri(), default_home()), ignore_errors=True)
         d.cli("keys", "init")
         example = make_example(d.work / "example")
         val = np.load(example["validation"])
@@ -198,11 +194,11 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
                         "--calibration", str(example["calibration"]), "--validation", str(example["validation"]),
                         "--edge", "int8", "--cloud", "fp32")
             del res
-        sealed = store.get(f"{MODEL}:v1")
-        edge = next(a for a in sealed.manifest.artifacts if a.id == "edge-int8")
+        manifest = json.loads(d.cli("inspect", f"{MODEL}:v1", "--json").stdout)["manifest"]
+        edge = next(a for a in manifest["artifacts"] if a["id"] == "edge-int8")
         quality = "; ".join(f"{q.get('artifact')} accuracy {float(q.get('value', 0)):.1%}"
-                            for q in sealed.manifest.quality if q.get("metric") == "accuracy")
-        d.record("build", True, f"{MODEL}:v1 and v2 sealed; edge-int8 is {edge.size / 1024:.0f} KiB; {quality}")
+                            for q in manifest.get("quality", []) if q.get("metric") == "accuracy")
+        d.record("build", True, f"{MODEL}:v1 and v2 sealed; edge-int8 is {edge['size'] / 1024:.0f} KiB; {quality}")
         verify = d.cli("verify", f"{MODEL}:v1", check=False)
         d.record("verify", verify.returncode == 0, "`bentoedge verify` accepts the signature and every hash")
 
@@ -332,8 +328,14 @@ def _story(d: Demo, store: Any) -> None:  # noqa: C901 - a story reads top to bo
                  f"in-limit request: {r_local.status} from {r_local.headers.get('x-bentoedge-served-by')}; "
                  f"batch of 64 with the cloud gone: {r_big.status} from "
                  f"{r_big.headers.get('x-bentoedge-served-by') or 'nowhere'} "
-                 f"({r_big.headers.get('x-bentoedge-fallback-reason') or r_big.body.get('reason') or 'served locally'}); "
+                 f"({_why(r_big)}); "
                  f"cloud circuit breaker: {breaker.get('state', breaker)}")
+
+
+def _why(r: Reply) -> str:
+    if r.headers.get("x-bentoedge-degraded"):
+        return f"served locally, degraded: {r.headers['x-bentoedge-degraded']}"
+    return str(r.headers.get("x-bentoedge-fallback-reason") or r.body.get("reason") or "served locally")
 
 
 def _flip_a_bit_in_channel(channel_dir: Path, version: str) -> str:
@@ -345,6 +347,37 @@ def _flip_a_bit_in_channel(channel_dir: Path, version: str) -> str:
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
     return f"v3's {target.name.split('.', 1)[1]}"
+
+
+# What the story runs, by the extra that installs it: a device-only install cannot run it.
+NEEDED = {"keras": "build", "tensorflow": "build", "onnxruntime": "cloud", "bentoml": "cloud"}
+
+
+def _check_installed() -> None:
+    import importlib.util
+
+    from bentoedge.bentos.errors import UsageError
+
+    missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
+    if not any(importlib.util.find_spec(m) for m in ("ai_edge_litert", "tflite_runtime")):
+        missing.append("ai-edge-litert")
+    if missing:
+        raise UsageError(f"the demo builds, serves and runs a model on one machine, and this install lacks "
+                         f"{', '.join(missing)}: pip install 'bentoedge[all]' (a device runs only 'bentoedge agent')")
+
+
+def _next_steps(folder: Path) -> str:
+    home, store = folder / "home", folder / "bentoml"
+    env = f"BENTOEDGE_HOME={home} BENTOML_HOME={store}"
+    return "\n".join([
+        "[bold]next[/]",
+        f"  {env} bentoedge inspect {MODEL}:v2        # the manifest, quality report and signer",
+        f"  {env} bentoedge serve {MODEL}:v2          # the cloud endpoint on :3000 (docs at /docs.json)",
+        "  bentoedge build MODEL.onnx|.tflite|.keras|SAVEDMODEL --name NAME   # your own model (README: models you did not make)",
+        "  docs/agent.md for a real device, docs/cloud.md for SageMaker and Lambda",
+        f"  everything the demo made is in {folder}; your own keys and model store were not touched "
+        f"(rm -rf {folder} removes it)",
+    ])
 
 
 def summary_table(steps: list[Step]) -> Table:
@@ -371,8 +404,9 @@ def demo(work: Path | None) -> None:
     starts is stopped at the end, also on Ctrl-C.  Exit code 0 only if every step succeeded.
     """
     console = Console()
+    _check_installed()
     folder = work or default_home() / "demo"
-    console.print(f"[bold]bentoedge demo[/] (work folder {folder})")
+    console.print(f"[bold]bentoedge demo[/] (work folder {folder}: its own keys, model store, channel and device)")
     steps: list[Step] = []
     try:
         steps = run_demo(folder, console)
@@ -386,3 +420,4 @@ def demo(work: Path | None) -> None:
                       f"(logs in {folder})")
         sys.exit(1)
     console.print("[green]every step succeeded[/]")
+    console.print(_next_steps(folder), soft_wrap=True)  # commands to copy: never folded

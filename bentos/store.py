@@ -22,7 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bentoedge.bentos.errors import FormatError, IntegrityError, NotFoundError, SourceError
+from bentoedge.bentos.errors import (
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    SourceError,
+    UsageError,
+)
 from bentoedge.bentos.manifest import FORMAT_ID, Manifest
 from bentoedge.bentos.sealed import SealedModel
 
@@ -32,8 +38,12 @@ LABEL = "bentoedge-format"
 
 
 def _bentoml() -> Any:
-    import bentoml
-
+    try:
+        import bentoml
+    except ImportError:
+        # A device install has no model store: say that, not "no model 'x' in the store".
+        raise UsageError("the model store is BentoML's, which this install lacks: pip install 'bentoedge[cloud]', "
+                         "or give a sealed folder or an exported .sealed file instead of NAME:VERSION") from None
     return bentoml
 
 
@@ -52,8 +62,9 @@ class ModelStore:
     """Sealed models kept in the BentoML model store of this process's ``BENTOML_HOME``."""
 
     def _models(self, name: str | None = None) -> list[Any]:
+        bentoml = _bentoml()
         try:
-            models = _bentoml().models.list(name) if name else _bentoml().models.list()
+            models = bentoml.models.list(name) if name else bentoml.models.list()
         except Exception:  # bentoml raises NotFound for an unknown name
             return []
         return [m for m in models if m.info.labels.get(LABEL) == FORMAT_ID]

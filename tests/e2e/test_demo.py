@@ -26,6 +26,30 @@ def test_demo_runs_end_to_end_and_again_over_its_leftovers(tmp_path: Path) -> No
         for fact in ("served_by=edge", "reason: 'batch_limit'", "0 failed", "the device refused v3",
                      "still serves v2", "circuit breaker: open"):
             assert fact in out.replace("\n", " "), (run, fact)
+    # It kept to its work folder: no keys in the user's BENTOEDGE_HOME, no models in their store.
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["demo"]
+    assert not (tmp_path / "bentoml" / "models").exists() or not any((tmp_path / "bentoml" / "models").iterdir())
+    assert "next" in out and "bentoedge serve demo-digits:v2" in out, out[-2000:]
     # every process the demo started is gone
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+# A device-only install, as the demo's own check sees it (the packages are here, but "not found").
+BLOCK = """
+import importlib.util, sys
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda n, *a: None if n.split('.')[0] in ('keras', 'tensorflow', 'onnxruntime', 'bentoml') else real(n, *a)
+from bentoedge.cli import main
+sys.argv = ['bentoedge', 'demo']
+main()
+"""
+
+
+def test_demo_on_a_device_only_install_says_what_it_needs(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOEDGE_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    res = subprocess.run([sys.executable, "-c", BLOCK], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "pip install 'bentoedge[all]'" in res.stderr, res.stderr
+    assert "keras" in res.stderr and "bentoml" in res.stderr
+    assert not (tmp_path / "home").exists()  # it stopped before making anything
