@@ -22,15 +22,15 @@ folder, or an exported ``.sealed`` file; keys come from ``home`` (default ``$BEN
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bentoedge.bentos.errors import NotFoundError, UsageError
+from bentoedge.bentos.errors import UsageError
 
 if TYPE_CHECKING:
     from bentoedge.bentos.channel_layout import Release
@@ -153,25 +153,10 @@ def _home(home: str | Path | None) -> Path:
     return default_home() if home is None else Path(home)
 
 
-@contextmanager
-def _opened(ref: str | Path) -> Iterator[SealedModel]:
-    """A sealed model by path (folder or exported file) or NAME[:VERSION] in the store."""
-    from bentoedge.bentos.sealed import SealedModel
+def _opened(ref: str | Path) -> AbstractContextManager[SealedModel]:
+    from bentoedge.bentos.store import open_ref
 
-    path = Path(ref)
-    if path.is_dir():
-        yield SealedModel.open(path)
-    elif path.is_file():
-        from bentoedge.bentos.store import unpacked
-
-        with unpacked(path) as sealed:
-            yield sealed
-    elif isinstance(ref, Path) or "/" in ref or ref.endswith(".sealed"):
-        raise NotFoundError(f"{ref} does not exist; give a sealed folder, an exported file or NAME[:VERSION]")
-    else:
-        from bentoedge.bentos.store import ModelStore
-
-        yield ModelStore().get(ref)
+    return open_ref(ref)
 
 
 def _load_edge(sealed: SealedModel, home: Path, threads: int | None, artifact: str | None) -> Model:

@@ -10,8 +10,8 @@ up in the BentoML store) or by PATH (a sealed folder, or a file made by ``export
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,11 @@ def _keys() -> LocalKeys:
     return LocalKeys(default_home())
 
 
-@contextmanager
-def open_model(ref: str) -> Iterator[SealedModel]:
+def open_model(ref: str) -> AbstractContextManager[SealedModel]:
     """A sealed model by PATH (folder or exported file) or NAME[:VERSION] in the store."""
-    path = Path(ref)
-    if path.is_dir():
-        yield SealedModel.open(path)
-    elif path.is_file():
-        from bentoedge.bentos.store import unpacked
+    from bentoedge.bentos.store import open_ref
 
-        with unpacked(path) as sealed:
-            yield sealed
-    elif "/" in ref or ref.endswith(".sealed"):
-        raise NotFoundError(f"{ref} does not exist; give a sealed folder, an exported file or NAME[:VERSION]")
-    else:
-        from bentoedge.bentos.store import ModelStore
-
-        yield ModelStore().get(ref)
+    return open_ref(ref)
 
 
 def untrusted(value: object) -> str:
@@ -298,7 +286,6 @@ def export(model: str, output: Path) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def import_(file: Path) -> None:
     """Verify FILE (made by `bentoedge export`) and add it to the store; nothing is kept on failure."""
-    from bentoedge.bentos.errors import NotFoundError
     from bentoedge.bentos.store import ModelStore
 
     if not file.is_file():

@@ -165,3 +165,19 @@ def unpacked(file: Path) -> Iterator[SealedModel]:
         yield SealedModel.open(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def open_ref(ref: str | Path) -> Iterator[SealedModel]:
+    """A sealed model by PATH (folder or exported file) or NAME[:VERSION] in the store: what
+    every MODEL argument of the CLI and the Python API means."""
+    path = Path(ref)
+    if path.is_dir():
+        yield SealedModel.open(path)
+    elif path.is_file():
+        with unpacked(path) as sealed:
+            yield sealed
+    elif isinstance(ref, Path) or "/" in ref or ref.endswith(EXPORT_SUFFIX):
+        raise NotFoundError(f"{ref} does not exist; give a sealed folder, an exported file or NAME[:VERSION]")
+    else:
+        yield ModelStore().get(ref)
