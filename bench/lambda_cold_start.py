@@ -293,8 +293,11 @@ def _large_source(work: Path, fetch_zoo: bool) -> tuple[Path, str, Any]:
     """The >10 MB model: the zoo's text recognizer if cached (or fetched), else a generated network."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
-    from tests.conformance.zoo import MODELS, cache_dir, fetch
+    from tests.conformance.zoo import (  # run as python -m from the repository root
+        MODELS,
+        cache_dir,
+        fetch,
+    )
 
     rec = next(m for m in MODELS if m.id == "text-recognizer")
     cached = cache_dir() / "models" / rec.package / rec.member

@@ -117,7 +117,7 @@ def open_cloud_model(sealed: SealedModel, settings: CloudSettings, env: Mapping[
                      providers: list[str] | None = None) -> Loaded:
     t0 = time.perf_counter()
     # The signature here; the artifact's bytes are checked as they are decrypted (every segment
-    # authenticated, the plaintext against its signed SHA-256), so hashing the ciphertext as
+    # authenticated, and the signed segment commitment of format 1.1, or the plaintext SHA-256 of 1), so hashing the ciphertext as
     # well would read and hash a large model twice before it serves.
     sealed.verify_signature(trusted_signers(settings, env))
     placement = choose_placement(sealed.manifest, providers if providers is not None else onnx_providers(), settings)

@@ -8,8 +8,10 @@ inputs, like the digits example, sealed with ``bentos.sealed.seal`` for the loca
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,3 +83,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class CountingOpener:
+    """The Lambda handler's own opener (``cloud.aws_lambda.open_model``), counting the tags it opens."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def __call__(self, tag: str, settings: Any, env: Mapping[str, str]) -> Any:
+        from bentoedge.cloud.aws_lambda import open_model
+
+        self.opened.append(tag)
+        return open_model(tag, settings, env)

@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 pytest.importorskip("bentoml")
 
-from service_support import TinySealed, run_onnx  # noqa: E402
+from service_support import CountingOpener, TinySealed, run_onnx  # noqa: E402
 
 from bentoedge.bentos.api import (  # noqa: E402
     HEADER_MODEL,
@@ -39,7 +39,6 @@ from bentoedge.cloud.aws_lambda import (  # noqa: E402
     LAMBDA_MAX_BODY,
     RETRY_OPEN_S,
     LambdaHandler,
-    open_model,
     to_response,
 )
 from bentoedge.cloud.service_core import CloudSettings  # noqa: E402
@@ -102,17 +101,6 @@ def body_of(resp: Mapping[str, Any]) -> bytes:
 def doc_of(resp: Mapping[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(body_of(resp))
     return doc
-
-
-class CountingOpener:
-    """The handler's own opener, counting the tags it opens."""
-
-    def __init__(self) -> None:
-        self.opened: list[str] = []
-
-    def __call__(self, tag: str, settings: CloudSettings, env: Mapping[str, str]) -> Loaded:
-        self.opened.append(tag)
-        return open_model(tag, settings, env)
 
 
 class Clock:

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from api_support import DATA, agent_config, load_edge_model, sealed  # noqa: E402
+from service_support import CountingOpener  # noqa: E402
 
 from bentoedge.bentos.api import (  # noqa: E402
     HEADER_REASON,
@@ -40,9 +41,7 @@ from bentoedge.bentos.api import (  # noqa: E402
 )
 from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
 from bentoedge.bentos.recipients import Keyring  # noqa: E402
-from bentoedge.cloud.aws_lambda import LambdaHandler, open_model  # noqa: E402
-from bentoedge.cloud.service_core import CloudSettings  # noqa: E402
-from bentoedge.cloud.service_model import Loaded  # noqa: E402
+from bentoedge.cloud.aws_lambda import LambdaHandler  # noqa: E402
 from bentoedge.edge.active import ActiveModel  # noqa: E402
 from bentoedge.edge.server import AgentServer  # noqa: E402
 
@@ -166,15 +165,6 @@ class FunctionUrl(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-class CountingOpener:
-    def __init__(self) -> None:
-        self.opened: list[str] = []
-
-    def __call__(self, tag: str, settings: CloudSettings, env: Mapping[str, str]) -> Loaded:
-        self.opened.append(tag)
-        return open_model(tag, settings, env)
 
 
 @pytest.fixture()

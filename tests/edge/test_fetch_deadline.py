@@ -69,11 +69,9 @@ def trickle_url() -> Iterator[str]:
 
 def test_a_trickling_mirror_is_cut_off(trickle_url: str) -> None:
     fetcher = HttpFetcher(timeout=1.0)  # per read; the rate floor applies after this long
-    started = time.monotonic()
-    outcome = bounded(lambda: fetcher.download_bytes(trickle_url, 10_000), 20)
+    outcome = bounded(lambda: fetcher.download_bytes(trickle_url, 10_000), 20)  # a hang fails here
     assert isinstance(outcome, exceptions.DownloadError), outcome
     assert "too slowly" in str(outcome)
-    assert time.monotonic() - started < 10
 
 
 def test_a_fifo_in_a_folder_channel_is_refused(tmp_path: Path) -> None:
