@@ -135,9 +135,12 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--accept-quality", is_flag=True, help="Seal even when the quality gate fails (recorded).")
 @click.option("--golden", "golden_count", type=int, default=8, show_default=True,
               help="Validation samples kept as golden samples for health checks.")
+@click.option("--synthetic-validation", "synthetic", metavar="LO:HI|NAME=LO:HI,...",
+              help="No --validation data: gate on random inputs in these ranges (recorded in the "
+                   "manifest as not a real accuracy figure).")
 def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
           edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
-          accept_quality: bool, golden_count: int) -> None:
+          accept_quality: bool, golden_count: int, synthetic: str | None) -> None:
     """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
 
     SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
@@ -149,9 +152,10 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
     layout, and dynamic dimensions are fixed (batch 1, others the --validation data's size).
 
     \b
-    Example:
+    Examples:
       bentoedge build digits.keras --name digits --calibration cal.npz --validation val.npz \\
           --edge int8 --cloud fp32 --recipient kek
+      bentoedge build face.tflite --name face --synthetic-validation 0:1 --edge fp16
     """
     from bentoedge.bentos.build import BuildOptions
     from bentoedge.bentos.build import build as run_build
@@ -159,7 +163,8 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
     opts = BuildOptions(
         source=source, name=name, home=default_home(), version=version, calibration=calibration,
         validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
-        accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count)
+        accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count,
+        synthetic=synthetic)
     err = _console(err=True)
     try:
         with err.status("building", spinner="dots") as status:
@@ -179,6 +184,13 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
               + ", ".join(f"{a.id} {a.size / 1024:.0f} KiB" for a in m.artifacts if a.is_model))
     if m.extra.get("quality_accepted"):
         out.print("[yellow]warning: sealed although the quality gate failed (--accept-quality)[/]")
+    if m.extra.get("synthetic_validation"):
+        out.print(f"[yellow]note: {SYNTHETIC_NOTE}[/]")
+
+
+#: What build and inspect say of a model gated on --synthetic-validation (fixed text, never the manifest's).
+SYNTHETIC_NOTE = ("the quality gate ran on random inputs (--synthetic-validation): its figures are agreement "
+                  "with the float model, not a real accuracy figure")
 
 
 # ---- setup ------------------------------------------------------------------------------------
@@ -250,6 +262,8 @@ def inspect(model: str, as_json: bool) -> None:
             out.print(quality_table(_rows(m.quality)))
         if m.extra.get("quality_accepted"):
             out.print("[yellow]sealed although the quality gate failed (--accept-quality)[/]")
+        if m.extra.get("synthetic_validation"):
+            out.print(f"[yellow]{SYNTHETIC_NOTE}[/]")
 
 
 @click.command()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from bentoedge.bentos.api import batch_size
 from bentoedge.bentos.errors import HealthCheckError
 from bentoedge.bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden, compare
 from bentoedge.bentos.manifest import Artifact, Manifest
@@ -49,4 +50,4 @@ def check(sealed: SealedModel, artifact: Artifact, predict: Predict, keyring: Ke
     problems = compare(dict(outputs), expected, atol, rtol)
     if problems:
         raise HealthCheckError(f"{manifest.tag} {artifact.id} failed its health check: {problems[0]}")
-    return int(next(iter(golden.inputs.values())).shape[0])
+    return batch_size(golden.inputs)

@@ -144,6 +144,15 @@ class Signature:
             "outputs": [t.to_dict() for t in self.outputs],
         }
 
+    @property
+    def per_call(self) -> bool:
+        """True when an input is a scalar (rank 0), such as a sample rate beside a state tensor.
+
+        Such a model has no samples axis that all its inputs share: data files then hold one
+        call's arrays exactly as the model takes them, and nothing slices, stacks or chunks them.
+        """
+        return any(not t.shape for t in self.inputs)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Signature:
         ins = tuple(TensorSpec.from_dict(t) for t in _get(d, "inputs", list))

@@ -113,6 +113,8 @@ def signature_keys(names: list[str]) -> list[str]:
 
 def fixed_shapes(sig: Signature, example: Mapping[str, np.ndarray]) -> list[tuple[int, ...]]:
     """Every input's shape with no dynamic dimension left: a dynamic batch is 1, others the data's."""
+    if sig.per_call:  # no samples axis: the edge artifact takes exactly the shapes of the data's call
+        return [tuple(int(d) for d in np.shape(example[t.name])) for t in sig.inputs]
     out: list[tuple[int, ...]] = []
     for t in sig.inputs:
         arr = example.get(t.name)
@@ -181,7 +183,7 @@ def onnx_savedmodel(
     step.mkdir(mode=0o700)
     (step / "tmp").mkdir(mode=0o700)
     sample = {
-        t.name: np.asarray(example[t.name][: s[0]] if s else example[t.name], dtype=t.dtype)
+        t.name: np.asarray(example[t.name][: s[0]] if s and not sig.per_call else example[t.name], dtype=t.dtype)
         for t, s in zip(sig.inputs, shapes, strict=True)
     }
     for t, s, arr in zip(sig.inputs, shapes, sample.values(), strict=True):
@@ -326,10 +328,28 @@ def _failure(src: Source, result: Mapping[str, Any], log_path: Path) -> str:
         hint = None
     if hint and hint not in why:
         why = f"{why}: {hint}"
+    flow = control_flow_ops(src)
+    if flow:  # the likeliest cause, named first: onnx2tf maps control flow only in simple cases
+        why = f"it holds control flow ({', '.join(flow)} op), which onnx2tf could not map ({why})"
     return (
         f"onnx2tf cannot convert {src.path.name} for the edge: {why}; pass --edge none for a "
         "cloud-only build"
     ).replace("\n", " ")
+
+
+#: ONNX ops whose subgraphs run conditionally or repeatedly: TFLite has no general equivalent.
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
+
+
+def control_flow_ops(src: Source) -> list[str]:
+    """The control-flow op types in the main graph of an ONNX source, in the order they appear."""
+    try:
+        from bentoedge.bentos.convert.common import onnx
+
+        graph = onnx().load_from_string(bytes(src.handle)).graph
+    except Exception:  # an unreadable graph names nothing here: the converter's error stands
+        return []
+    return list(dict.fromkeys(n.op_type for n in graph.node if n.op_type in CONTROL_FLOW_OPS))
 
 
 # ---- setup ----------------------------------------------------------------------------------

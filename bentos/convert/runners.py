@@ -5,7 +5,7 @@ every artifact against.  ``tflite_runner`` and ``onnx_runner`` run an artifact f
 bytes through the same runtime bindings the device and the cloud service use
 (``bentos.runtimes``), so the golden outputs sealed with a model come from the code
 that later checks them.  All take a whole validation set by input name and run it in
-chunks of ``CHUNK`` samples to bound memory.
+chunks of ``CHUNK`` samples to bound memory (a per-call model's data in one call).
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ def reference(src: Source) -> Runner:
         model = src.handle
 
         def run_keras(inputs: Mapping[str, np.ndarray]) -> Arrays:
-            xs = [np.asarray(inputs[t.name], dtype=t.dtype) for t in sig.inputs]
             parts: list[Arrays] = []
-            for lo in range(0, len(xs[0]), CHUNK):
-                chunk = [x[lo:lo + CHUNK] for x in xs]
+            for feed in chunks(inputs, sig):
+                chunk = [feed[t.name] for t in sig.inputs]
                 outs = named(model(chunk if len(chunk) > 1 else chunk[0], training=False), out_names)
                 parts.append({k: np.asarray(v) for k, v in outs.items()})
             return _concat(parts, out_names)
@@ -50,11 +49,9 @@ def reference(src: Source) -> Runner:
         serving = src.handle.signatures["serving_default"]
 
         def run_saved(inputs: Mapping[str, np.ndarray]) -> Arrays:
-            n = len(next(iter(inputs.values())))
             parts = []
-            for lo in range(0, n, CHUNK):
-                outs = serving(**{t.name: tf_mod.constant(np.asarray(inputs[t.name][lo:lo + CHUNK], dtype=t.dtype))
-                                  for t in sig.inputs})
+            for feed in chunks(inputs, sig):
+                outs = serving(**{k: tf_mod.constant(v) for k, v in feed.items()})
                 parts.append({k: np.asarray(outs[k]) for k in out_names})
             return _concat(parts, out_names)
 
@@ -64,7 +61,19 @@ def reference(src: Source) -> Runner:
     return tflite_runner(bytes(src.handle), sig)
 
 
+def chunks(inputs: Mapping[str, np.ndarray], sig: Signature, size: int = CHUNK) -> list[Arrays]:
+    """Feeds of at most ``size`` samples each, in the signature's dtypes; a per-call model's
+    data (``Signature.per_call``) is one call, fed whole."""
+    arrays = {t.name: np.asarray(inputs[t.name], dtype=t.dtype) for t in sig.inputs}
+    if sig.per_call:
+        return [arrays]
+    n = len(next(iter(arrays.values())))
+    return [{k: v[lo:lo + size] for k, v in arrays.items()} for lo in range(0, n, size)]
+
+
 def _concat(parts: list[Arrays], names: list[str]) -> Arrays:
+    if len(parts) == 1:
+        return {n: np.asarray(parts[0][n]) for n in names}
     return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
@@ -81,12 +90,7 @@ def onnx_runner(data: bytes, sig: Signature) -> Runner:
     out_names = [t.name for t in sig.outputs]
 
     def run(inputs: Mapping[str, np.ndarray]) -> Arrays:
-        n = len(next(iter(inputs.values())))
-        parts = []
-        for lo in range(0, n, CHUNK):
-            feed = {t.name: np.asarray(inputs[t.name][lo:lo + CHUNK], dtype=t.dtype) for t in sig.inputs}
-            parts.append(model.run(feed))
-        return _concat(parts, out_names)
+        return _concat([model.run(feed) for feed in chunks(inputs, sig)], out_names)
 
     return run
 
@@ -104,14 +108,14 @@ def tflite_runner(data: bytes, sig: Signature) -> Runner:
     out_names = [t.name for t in sig.outputs]
 
     def run(inputs: Mapping[str, np.ndarray]) -> Arrays:
-        arrays = {t.name: np.asarray(inputs[t.name], dtype=t.dtype) for t in sig.inputs}
-        n = len(next(iter(arrays.values())))
         try:
-            parts = [model.run({k: v[lo:lo + CHUNK] for k, v in arrays.items()}) for lo in range(0, n, CHUNK)]
+            parts = [model.run(feed) for feed in chunks(inputs, sig)]
         except (ValueError, RuntimeError):
+            if sig.per_call:
+                raise
             # A model with a fixed batch of 1 cannot be resized: run sample by sample
             # (the binding has already replaced the interpreter the failed call used).
-            parts = [model.run({k: v[i:i + 1] for k, v in arrays.items()}) for i in range(n)]
+            parts = [model.run(feed) for feed in chunks(inputs, sig, size=1)]
         return _concat(parts, out_names)
 
     return run

@@ -175,7 +175,8 @@ def test_conversion_errors_name_the_fix(digits_example: dict[str, Path], keys_ho
     with convert.private_workdir() as work:
         onnx_src.write_bytes(convert.onnx_fp32(convert.open_source(digits_example["model"]), work))
     with pytest.raises(ConversionError, match="--edge none"):
-        build_to_dir(BuildOptions(onnx_src, "d", keys_home, edge=("fp32",)), tmp_path / "x")
+        build_to_dir(BuildOptions(onnx_src, "d", keys_home, edge=("fp32",), validation=digits_example["validation"]),
+                     tmp_path / "x")
 
 
 def test_cli_cycle_and_tamper(digits_example: dict[str, Path], keys_home: Path, tmp_path: Path) -> None:

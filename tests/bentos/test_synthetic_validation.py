@@ -1,0 +1,90 @@
+"""No validation data: a build refuses in one line, or gates on ``--synthetic-validation`` ranges
+and the manifest (and ``inspect``) say the figures are not a real accuracy figure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bentoedge.bentos.datasets import parse_ranges, synthetic_inputs
+from bentoedge.bentos.errors import DataError
+from bentoedge.bentos.manifest import Signature, TensorSpec
+
+SIG = Signature(
+    inputs=(TensorSpec("image", "float32", (None, 4)), TensorSpec("ids", "int64", (None, 2))),
+    outputs=(TensorSpec("y", "float32", (None, 3)),),
+)
+
+
+def test_one_range_for_every_input_or_one_per_name() -> None:
+    assert parse_ranges("0:1", SIG) == {"image": (0.0, 1.0), "ids": (0.0, 1.0)}
+    assert parse_ranges("image=-1:1, ids=0:9", SIG) == {"image": (-1.0, 1.0), "ids": (0.0, 9.0)}
+    assert parse_ranges("ids=3:5,0:255", SIG) == {"image": (0.0, 255.0), "ids": (3.0, 5.0)}
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("", "needs a range"),
+    ("1:0", "LO <= HI"),
+    ("a:b", "not LO:HI"),
+    ("0-1", "not LO:HI"),
+    ("inf:1", "not LO:HI"),
+    ("mask=0:1,0:1", "'mask', which is not an input"),
+    ("image=0:1", "no range for input 'ids'"),
+])
+def test_bad_ranges_are_named(spec: str, words: str) -> None:
+    with pytest.raises(DataError, match=words.replace("(", r"\(")):
+        parse_ranges(spec, SIG)
+
+
+def test_random_inputs_stay_in_their_ranges_and_dtypes() -> None:
+    arrays = synthetic_inputs(SIG, 64, {"image": (-2.0, -1.0), "ids": (3.0, 5.0)})
+    assert arrays["image"].dtype == np.float32 and arrays["image"].shape == (64, 4)
+    assert arrays["image"].min() >= -2.0 and arrays["image"].max() <= -1.0
+    assert arrays["ids"].dtype == np.int64 and set(np.unique(arrays["ids"])) == {3, 4, 5}
+    with pytest.raises(DataError, match="holds no integer"):
+        synthetic_inputs(SIG, 4, {"image": (0.0, 1.0), "ids": (0.2, 0.8)})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
+    return subprocess.run([sys.executable, "-m", "bentoedge", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    h = onnx.helper
+    f32 = onnx.TensorProto.FLOAT
+    graph = h.make_graph([h.make_node("Sigmoid", ["x"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", f32, ["N", 4])],
+                         [h.make_tensor_value_info("y", f32, ["N", 4])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = tmp_path / "sig.onnx"
+    onnx.save(model, str(src))
+    base = ["build", str(src), "--name", "synth", "--edge", "none", "--cloud", "fp32"]
+
+    refused = _cli(*base)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode in (1, 2) and "Traceback" not in out, out[-2000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--validation F.npz" in errors[0] and "--synthetic-validation" in errors[0]
+    assert _cli("inspect", "synth").returncode != 0  # nothing stored
+
+    built = _cli(*base, "--synthetic-validation", "-3:3")
+    assert built.returncode == 0, (built.stdout + built.stderr)[-2000:]
+    assert "not a real accuracy figure" in built.stdout
+
+    from bentoedge.bentos.store import ModelStore
+
+    extra = ModelStore().get("synth").manifest.extra
+    assert extra["synthetic_validation"]["ranges"] == {"x": [-3.0, 3.0]}
+    inspected = _cli("inspect", "synth")
+    assert inspected.returncode == 0 and "not a real accuracy figure" in inspected.stdout
