@@ -75,6 +75,7 @@ class BuildOptions:
     recipients: tuple[str, ...] = ("kek",)
     golden_count: int = 8
     synthetic: str | None = None  # --synthetic-validation ranges ("0:1", "x=-1:1,y=0:255"), no data given
+    budgets: tuple[str, ...] = ()  # --budget NAME=METRIC:VALUE, the user's metrics for an output
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,10 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
     _note(progress, f"opening {opts.source}")
     src = convert.open_source(Path(opts.source))
     sig = src.signature
+    try:
+        budgets = quality.parse_budgets(opts.budgets, [t.name for t in sig.outputs])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     calib = load_npz(Path(opts.calibration), sig, "calibration")[0] if opts.calibration else None
     labels = None
     synthetic: dict[str, Any] | None = None
@@ -185,7 +190,7 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
           else f"quality gate on {batch_size(val)} validation samples")
     reference = convert.reference(src)
     ref_out = reference(val)
-    if (why := quality.check_labels(ref_out, labels)) is not None:
+    if (why := quality.check_labels(ref_out, labels) or quality.check_budgets(ref_out, budgets)) is not None:
         raise DataError(why)
     rows: list[quality.Row] = []
     outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -194,7 +199,7 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
             outputs[art_id] = run(val)
         except Exception as exc:
             raise ConversionError(f"{art_id} does not run on the validation data: {exc}") from None
-        rows.extend(quality.compare(art_id, ref_out, outputs[art_id], labels, opts.max_drop))
+        rows.extend(quality.compare(art_id, ref_out, outputs[art_id], labels, opts.max_drop, budgets))
     bad = quality.failed(rows)
     if bad and not opts.accept_quality:
         raise QualityGateError(f"quality gate failed: {quality.summary(rows)}; {quality.next_step(bad)}",

@@ -138,9 +138,13 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--synthetic-validation", "synthetic", metavar="LO:HI|NAME=LO:HI,...",
               help="No --validation data: gate on random inputs in these ranges (recorded in the "
                    "manifest as not a real accuracy figure).")
+@click.option("--budget", "budgets", multiple=True, metavar="OUTPUT=METRIC:VALUE",
+              help="Gate OUTPUT on METRIC instead of the automatic rows; repeat for several. Metrics: "
+                   "cosine, max_abs_error, mean_abs_error, relative_mean_error (min or max as named), "
+                   "top1_agreement, argmax_iou (masks), box_iou (boxes).")
 def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
           edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
-          accept_quality: bool, golden_count: int, synthetic: str | None) -> None:
+          accept_quality: bool, golden_count: int, synthetic: str | None, budgets: tuple[str, ...]) -> None:
     """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
 
     SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
@@ -156,6 +160,8 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
       bentoedge build digits.keras --name digits --calibration cal.npz --validation val.npz \\
           --edge int8 --cloud fp32 --recipient kek
       bentoedge build face.tflite --name face --synthetic-validation 0:1 --edge fp16
+      bentoedge build det.onnx --name det --validation val.npz --edge int8 \\
+          --budget boxes=box_iou:0.9 --budget scores=max_abs_error:0.05
     """
     from bentoedge.bentos.build import BuildOptions
     from bentoedge.bentos.build import build as run_build
@@ -164,7 +170,7 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
         source=source, name=name, home=default_home(), version=version, calibration=calibration,
         validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
         accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count,
-        synthetic=synthetic)
+        synthetic=synthetic, budgets=budgets)
     err = _console(err=True)
     try:
         with err.status("building", spinner="dots") as status:

@@ -13,6 +13,12 @@ a ``max``, or ``None`` for a figure that is reported but not gated):
 - cosine_similarity   >= 1 - max_drop                           (non-classifier outputs)
 - finite              == 1.0 (share of finite values; NaN/inf always fails)
 
+The user may state the metrics of an output instead (``--budget NAME=METRIC:VALUE``, parsed
+by ``parse_budgets``): ``cosine``, ``max_abs_error``, ``mean_abs_error``,
+``relative_mean_error``, ``top1_agreement`` (argmax over the last axis), ``argmax_iou`` (masks)
+or ``box_iou`` (detections, a last axis of 4); that output is then gated on those alone and
+its automatic rows are reported only.
+
 Pure: arrays in, ``Row``s out.  ``bentos.build`` runs the models and decides what to do
 with a failed row (refuse, or seal with ``--accept-quality``); the rows go into
 ``manifest.quality`` as dicts.
@@ -21,8 +27,8 @@ with a failed row (refuse, or seal with ``--accept-quality``); the rows go into
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -85,11 +91,18 @@ def _labels_fit(labels: np.ndarray, ref: np.ndarray) -> bool:
 
 
 def compare(artifact: str, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-            labels: np.ndarray | None = None, max_drop: float = 0.01) -> list[Row]:
-    """Quality rows for one artifact: every output of ``reference`` checked in ``candidate``."""
+            labels: np.ndarray | None = None, max_drop: float = 0.01,
+            budgets: Mapping[str, Sequence[Budget]] | None = None) -> list[Row]:
+    """Quality rows for one artifact: every output of ``reference`` checked in ``candidate``.
+
+    An output with ``budgets`` (the user's ``--budget``) is gated on exactly those metrics; the
+    automatic rows are still computed for it, but reported only."""
     rows: list[Row] = []
     labels_used = False
     for name, ref_raw in reference.items():
+        if budgets and name in budgets:
+            rows.extend(_budget_rows(artifact, name, ref_raw, candidate.get(name), budgets[name], labels, max_drop))
+            continue
         ref = np.asarray(ref_raw)
         got_raw = candidate.get(name)
         if got_raw is None or np.asarray(got_raw).shape != ref.shape:
@@ -124,6 +137,135 @@ def compare(artifact: str, reference: Mapping[str, np.ndarray], candidate: Mappi
         rows.append(_row(artifact, name, "relative_mean_error", 0.0, relative_mean_error(ref64, got),
                          RELATIVE_ERROR_FACTOR * max_drop, "max"))
     return rows
+
+
+# ---- budgets the user states (--budget NAME=METRIC:VALUE) -------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """One stated budget: ``metric`` of an output must stay at or above (``min``) or at or
+    below (``max``) ``value``."""
+
+    metric: str
+    value: float
+
+    @property
+    def bound(self) -> str:
+        return METRICS[self.metric][1]
+
+
+def _top1(ref: np.ndarray, got: np.ndarray) -> float:
+    if ref.ndim < 1 or ref.shape[-1] < 2:
+        raise ValueError("top1_agreement needs scores with a class axis last")
+    return float(np.mean(np.argmax(got, axis=-1) == np.argmax(ref, axis=-1)))
+
+
+def _labels_of(x: np.ndarray) -> np.ndarray:
+    """Per-pixel class ids of a mask output: argmax over the class axis of (N, H, W, C>1)
+    scores, or an (N, H, W) / (N, H, W, 1) probability map thresholded at 0.5."""
+    if x.ndim >= 4 and x.shape[-1] > 1:
+        return np.argmax(x, axis=-1)
+    return (x >= 0.5).astype(np.int64)
+
+
+def argmax_iou(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean intersection over union across the classes present in either mask (1.0 when both
+    are empty)."""
+    a, b = _labels_of(ref), _labels_of(got)
+    ious = []
+    for c in np.union1d(np.unique(a), np.unique(b)):
+        inter = np.sum((a == c) & (b == c))
+        union = np.sum((a == c) | (b == c))
+        ious.append(inter / union)
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def box_iou(ref: np.ndarray, got: np.ndarray) -> float:
+    """Mean IoU of corresponding boxes (last axis of 4 corner coordinates, x/y order either way;
+    the corners of each box are sorted, so flipped boxes compare by their area)."""
+    if ref.ndim < 1 or ref.shape[-1] != 4:
+        raise ValueError("box_iou needs boxes: a last axis of 4 coordinates")
+    r, g = ref.reshape(-1, 4), got.reshape(-1, 4)
+
+    def corners(b: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (np.minimum(b[:, 0], b[:, 2]), np.minimum(b[:, 1], b[:, 3]),
+                np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3]))
+
+    (rx0, ry0, rx1, ry1), (gx0, gy0, gx1, gy1) = corners(r), corners(g)
+    iw = np.clip(np.minimum(rx1, gx1) - np.maximum(rx0, gx0), 0, None)
+    ih = np.clip(np.minimum(ry1, gy1) - np.maximum(ry0, gy0), 0, None)
+    inter = iw * ih
+    union = (rx1 - rx0) * (ry1 - ry0) + (gx1 - gx0) * (gy1 - gy0) - inter
+    same = np.all(r == g, axis=1)
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.where(same, 1.0, 0.0))
+    return float(np.mean(iou)) if iou.size else 1.0
+
+
+#: Metric name -> (how to compute it from reference and candidate, which way its budget points).
+METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], str]] = {
+    "cosine": (lambda r, g: cosine(r, g), "min"),
+    "max_abs_error": (lambda r, g: float(np.max(np.abs(g - r))) if r.size else 0.0, "max"),
+    "mean_abs_error": (lambda r, g: float(np.mean(np.abs(g - r))) if r.size else 0.0, "max"),
+    "relative_mean_error": (lambda r, g: relative_mean_error(r, g), "max"),
+    "top1_agreement": (_top1, "min"),
+    "argmax_iou": (argmax_iou, "min"),
+    "box_iou": (box_iou, "min"),
+}
+
+
+def parse_budgets(specs: Sequence[str], outputs: Sequence[str]) -> dict[str, list[Budget]]:
+    """``NAME=METRIC:VALUE`` specs (``--budget``, repeatable) by output name; ValueError with a
+    one-line reason for a spec that names no output or metric, or has no number."""
+    out: dict[str, list[Budget]] = {}
+    for spec in specs:
+        name, eq, rest = spec.partition("=")
+        metric, colon, value_text = rest.rpartition(":")
+        if not eq or not colon or not name or not metric:
+            raise ValueError(f"--budget {spec!r} is not NAME=METRIC:VALUE (e.g. scores=top1_agreement:0.99)")
+        if name not in outputs:
+            raise ValueError(f"--budget {spec!r} names {name!r}, which is not an output; the outputs are "
+                             + ", ".join(outputs))
+        if metric not in METRICS:
+            raise ValueError(f"--budget {spec!r}: unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        try:
+            value = float(value_text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value):
+            raise ValueError(f"--budget {spec!r}: {value_text!r} is not a number")
+        out.setdefault(name, []).append(Budget(metric, value))
+    return out
+
+
+def _budget_rows(artifact: str, name: str, ref_raw: np.ndarray, got_raw: np.ndarray | None,
+                 budgets: Sequence[Budget], labels: np.ndarray | None, max_drop: float) -> list[Row]:
+    ref = np.asarray(ref_raw)
+    if got_raw is None or np.asarray(got_raw).shape != ref.shape:
+        return [Row(artifact, name, "shape", None, None, None, "min", False)]
+    got, ref64 = np.asarray(got_raw, dtype=np.float64), ref.astype(np.float64)
+    finite = float(np.mean(np.isfinite(got))) if got.size else 1.0
+    rows = [_row(artifact, name, "finite", 1.0, finite, 1.0, "min")]
+    if finite < 1.0:
+        return rows
+    # The automatic rows, reported only: the user's budgets decide for this output.
+    rows.extend(replace(r, budget=None, bound=None, passed=True)
+                for r in compare(artifact, {name: ref}, {name: got_raw}, labels, max_drop) if r.metric != "finite")
+    for b in budgets:  # check_budgets has made sure each metric fits its output's shape
+        compute, bound = METRICS[b.metric]
+        rows.append(_row(artifact, name, b.metric, compute(ref64, ref64), compute(ref64, got), b.value, bound))
+    return rows
+
+
+def check_budgets(reference: Mapping[str, np.ndarray], budgets: Mapping[str, Sequence[Budget]]) -> str | None:
+    """Why a stated budget cannot apply to the float model's own outputs (None when all fit)."""
+    for name, wanted in budgets.items():
+        ref = np.asarray(reference[name], dtype=np.float64)
+        for b in wanted:
+            try:
+                METRICS[b.metric][0](ref, ref)
+            except ValueError as exc:
+                return f"--budget {name}={b.metric}:{b.value:g} does not fit output {name!r} of shape {list(ref.shape)}: {exc}"
+    return None
 
 
 #: The relative mean error budget is this many times --max-drop (0.1 of the spread at 0.01).

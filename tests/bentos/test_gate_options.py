@@ -1,5 +1,6 @@
-"""No validation data: a build refuses in one line, or gates on ``--synthetic-validation`` ranges
-and the manifest (and ``inspect``) say the figures are not a real accuracy figure."""
+"""The gate's options on the command line: no validation data refuses in one line, or gates on
+``--synthetic-validation`` ranges that the manifest (and ``inspect``) mark as not a real
+accuracy figure; ``--budget`` states an output's metric, and a bad one is refused in one line."""
 
 from __future__ import annotations
 
@@ -57,25 +58,36 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path, tmp_path: Path) -> None:
+def _sigmoid_model(tmp_path: Path) -> Path:
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     h = onnx.helper
     f32 = onnx.TensorProto.FLOAT
     graph = h.make_graph([h.make_node("Sigmoid", ["x"], ["y"])], "g",
-                         [h.make_tensor_value_info("x", f32, ["N", 4])],
-                         [h.make_tensor_value_info("y", f32, ["N", 4])])
+                         [h.make_tensor_value_info("x", f32, ["N", 3])],
+                         [h.make_tensor_value_info("y", f32, ["N", 3])])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
     src = tmp_path / "sig.onnx"
     onnx.save(model, str(src))
+    return src
+
+
+def _one_error(res: subprocess.CompletedProcess[str]) -> str:
+    out = res.stdout + res.stderr
+    assert res.returncode in (1, 2) and "Traceback" not in out, out[-2000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out[-2000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path, tmp_path: Path) -> None:
+    src = _sigmoid_model(tmp_path)
     base = ["build", str(src), "--name", "synth", "--edge", "none", "--cloud", "fp32"]
 
-    refused = _cli(*base)
-    out = refused.stdout + refused.stderr
-    assert refused.returncode in (1, 2) and "Traceback" not in out, out[-2000:]
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--validation F.npz" in errors[0] and "--synthetic-validation" in errors[0]
+    error = _one_error(_cli(*base))
+    assert "--validation F.npz" in error and "--synthetic-validation" in error
     assert _cli("inspect", "synth").returncode != 0  # nothing stored
 
     built = _cli(*base, "--synthetic-validation", "-3:3")
@@ -88,3 +100,21 @@ def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path,
     assert extra["synthetic_validation"]["ranges"] == {"x": [-3.0, 3.0]}
     inspected = _cli("inspect", "synth")
     assert inspected.returncode == 0 and "not a real accuracy figure" in inspected.stdout
+
+
+@pytest.mark.slow
+def test_stated_budgets_gate_and_bad_ones_are_one_line(keys_home: Path, tmp_path: Path) -> None:
+    src = _sigmoid_model(tmp_path)
+    base = ["build", str(src), "--name", "budgeted", "--edge", "none", "--cloud", "int8",
+            "--synthetic-validation", "-3:3"]
+    assert "'z', which is not an output; the outputs are y" in _one_error(_cli(*base, "--budget", "z=cosine:0.9"))
+    assert "does not fit output 'y'" in _one_error(_cli(*base, "--budget", "y=box_iou:0.9"))
+    # int8 weights on a weightless graph change nothing: a zero error budget holds exactly
+    built = _cli(*base, "--budget", "y=max_abs_error:0", "--budget", "y=cosine:0.999")
+    assert built.returncode == 0, (built.stdout + built.stderr)[-2000:]
+
+    from bentoedge.bentos.store import ModelStore
+
+    rows = ModelStore().get("budgeted").manifest.quality
+    gated = [(r["metric"], r["bound"], r["budget"]) for r in rows if r["bound"] is not None]
+    assert gated == [("finite", "min", 1.0), ("max_abs_error", "max", 0.0), ("cosine", "min", 0.999)]
