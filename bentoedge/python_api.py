@@ -88,13 +88,14 @@ def build(source: str | Path, name: str, *, version: str | None = None, calibrat
           max_drop: float = 0.01, recipients: Sequence[str] = ("kek",), accept_quality: bool = False,
           golden_count: int = 8, output: str | Path | None = None, home: str | Path | None = None,
           progress: Callable[[str], None] | None = None, synthetic_validation: str | None = None,
-          budgets: Sequence[str] = ()) -> Manifest:
+          budgets: Sequence[str] = (), signature: str | None = None) -> Manifest:
     """Convert, quantize, gate, encrypt and sign ``source`` into the model store (or into the
     new folder ``output``); returns the signed manifest.  Raises ``QualityGateError`` (with
     its ``report``) when an artifact is over budget and ``accept_quality`` is not set.
     Without ``validation`` (or ``calibration``) data, ``synthetic_validation`` ranges such as
     ``"0:1"`` gate on random inputs, recorded in the manifest as not a real accuracy figure.
-    ``budgets`` (``"OUTPUT=METRIC:VALUE"``) state an output's metrics, as ``--budget`` does."""
+    ``budgets`` (``"OUTPUT=METRIC:VALUE"``) state an output's metrics, as ``--budget`` does;
+    ``signature`` picks a SavedModel's or TFLite file's SignatureDef, as ``--signature`` does."""
     from bentoedge.bentos.build import BuildOptions, build_to_dir
     from bentoedge.bentos.build import build as build_in_store
 
@@ -104,7 +105,7 @@ def build(source: str | Path, name: str, *, version: str | None = None, calibrat
         validation=None if validation is None else Path(validation),
         edge=tuple(edge), cloud=tuple(cloud), max_drop=max_drop, accept_quality=accept_quality,
         recipients=tuple(recipients), golden_count=golden_count, synthetic=synthetic_validation,
-        budgets=tuple(budgets))
+        budgets=tuple(budgets), signature=signature)
     if output is not None:
         return build_to_dir(opts, Path(output), progress=progress).manifest
     return build_in_store(opts, progress=progress).manifest

@@ -76,6 +76,7 @@ class BuildOptions:
     golden_count: int = 8
     synthetic: str | None = None  # --synthetic-validation ranges ("0:1", "x=-1:1,y=0:255"), no data given
     budgets: tuple[str, ...] = ()  # --budget NAME=METRIC:VALUE, the user's metrics for an output
+    signature: str | None = None  # --signature: a SavedModel's or TFLite file's SignatureDef
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
                              f"{'x25519:PUBFILE' if target == 'edge' else 'kms:ARN'} (or --{target} none)")
 
     _note(progress, f"opening {opts.source}")
-    src = convert.open_source(Path(opts.source))
+    src = convert.open_source(Path(opts.source), opts.signature)
     sig = src.signature
     try:
         budgets = quality.parse_budgets(opts.budgets, [t.name for t in sig.outputs])
@@ -175,8 +176,10 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
         for p in edge:
             _note(progress, f"converting edge-{p} (TFLite)")
             data = convert.to_tflite(src, p, calib, work, example=val)
-            plains.append(Plain(f"edge-{p}", "edge", data, "litert", p))
-            runners[f"edge-{p}"] = convert.tflite_runner(data, sig)
+            # A TFLite source passes through whole: its artifact runs the signature picked.
+            key = src.signature_key if src.kind == "tflite" else None
+            plains.append(Plain(f"edge-{p}", "edge", data, "litert", p, signature=key))
+            runners[f"edge-{p}"] = convert.tflite_runner(data, sig, key)
         fp32_onnx: bytes | None = None
         for p in sorted(cloud, key=lambda q: q != "fp32"):
             _note(progress, f"converting cloud-{p} (ONNX)")

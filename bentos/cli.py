@@ -138,13 +138,17 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--synthetic-validation", "synthetic", metavar="LO:HI|NAME=LO:HI,...",
               help="No --validation data: gate on random inputs in these ranges (recorded in the "
                    "manifest as not a real accuracy figure).")
+@click.option("--signature", metavar="NAME",
+              help="The SignatureDef to build from, for a SavedModel or .tflite file that holds several "
+                   "(default: serving_default, or the only one).")
 @click.option("--budget", "budgets", multiple=True, metavar="OUTPUT=METRIC:VALUE",
               help="Gate OUTPUT on METRIC instead of the automatic rows; repeat for several. Metrics: "
                    "cosine, max_abs_error, mean_abs_error, relative_mean_error (min or max as named), "
                    "top1_agreement, argmax_iou (masks), box_iou (boxes).")
 def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
           edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
-          accept_quality: bool, golden_count: int, synthetic: str | None, budgets: tuple[str, ...]) -> None:
+          accept_quality: bool, golden_count: int, synthetic: str | None, signature: str | None,
+          budgets: tuple[str, ...]) -> None:
     """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
 
     SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
@@ -170,7 +174,7 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
         source=source, name=name, home=default_home(), version=version, calibration=calibration,
         validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
         accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count,
-        synthetic=synthetic, budgets=budgets)
+        synthetic=synthetic, budgets=budgets, signature=signature)
     err = _console(err=True)
     try:
         with err.status("building", spinner="dots") as status:

@@ -177,9 +177,15 @@ class Artifact:
     sha256: str  # of the ciphertext
     plaintext_sha256: str  # binds the decrypted bytes; format 1 readers check it after decryption
     encryption: Mapping[str, Any]  # {"scheme", "segment_size"[, "segments_blake3" (format 1.1)]}
+    #: The SignatureDef a TFLite artifact is run through when its file holds several (the
+    #: build's --signature); None for the usual one-signature or signature-less file.
+    signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
+        out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self).items()}
+        if out["signature"] is None:  # so manifests without one read and sign as before
+            del out["signature"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Artifact:
@@ -193,6 +199,7 @@ class Artifact:
             sha256=_get(d, "sha256", str),
             plaintext_sha256=_get(d, "plaintext_sha256", str),
             encryption=_get(d, "encryption", dict),
+            signature=_get(d, "signature", (str, type(None))) if "signature" in d else None,
         )
         if art.target not in TARGETS:
             raise FormatError(f"artifact {art.id!r}: target must be one of {TARGETS}")

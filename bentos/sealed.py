@@ -76,6 +76,7 @@ class Plain:
     data: bytes
     runtime: str | None = None
     precision: str | None = None
+    signature: str | None = None  # a TFLite artifact's SignatureDef, when its file holds several
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ def _encrypt_artifact(plain: Plain, tmp: Path, req: SealRequest) -> tuple[Artifa
             plain.data
         ).hexdigest(),  # kept in 1.1: readers of 1 check it
         encryption=encryption,
+        signature=plain.signature,
     )
     return entry, key
 

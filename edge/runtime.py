@@ -48,7 +48,8 @@ class EdgeModel:
         in_names = [t.name for t in manifest.signature.inputs]
         out_names = [t.name for t in manifest.signature.outputs]
         try:
-            slots = [LiteRTModel(model_bytes, in_names, out_names, threads) for _ in range(self.workers)]
+            slots = [LiteRTModel(model_bytes, in_names, out_names, threads, artifact.signature)
+                     for _ in range(self.workers)]
         except SignatureMismatch:
             raise HealthCheckError("the TFLite artifact's inputs/outputs do not match the manifest signature") from None
         self.runtime_name = slots[0].runtime_name

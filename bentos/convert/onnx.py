@@ -54,6 +54,11 @@ def onnx_fp32(src: Source, workdir: Path) -> bytes:
     sig = src.signature
     try:
         if src.kind == "tflite":
+            if src.signature_key is not None:
+                raise ConversionError(
+                    f"{src.path.name} holds several signatures and tf2onnx converts only a TFLite file's main "
+                    "graph, not the one --signature picked; pass --cloud none (and build the cloud artifact "
+                    "from the SavedModel or ONNX the file came from)")
             path = workdir / "source.tflite"
             path.write_bytes(bytes(src.handle))
             proto, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET)
@@ -69,7 +74,7 @@ def onnx_fp32(src: Source, workdir: Path) -> bytes:
             def fn(*args: Any) -> dict[str, Any]:
                 return named(model(list(args) if len(args) > 1 else args[0], training=False), out_names)
         else:
-            serving = src.handle.signatures["serving_default"]
+            serving = src.handle.signatures[src.signature_key or "serving_default"]
             in_names = [t.name for t in sig.inputs]
 
             @tf_mod.function(input_signature=specs)

@@ -46,7 +46,7 @@ def reference(src: Source) -> Runner:
         return run_keras
     if src.kind == "savedmodel":
         tf_mod = tf()
-        serving = src.handle.signatures["serving_default"]
+        serving = src.handle.signatures[src.signature_key or "serving_default"]
 
         def run_saved(inputs: Mapping[str, np.ndarray]) -> Arrays:
             parts = []
@@ -58,7 +58,7 @@ def reference(src: Source) -> Runner:
         return run_saved
     if src.kind == "onnx":
         return onnx_runner(bytes(src.handle), sig)
-    return tflite_runner(bytes(src.handle), sig)
+    return tflite_runner(bytes(src.handle), sig, src.signature_key)
 
 
 def chunks(inputs: Mapping[str, np.ndarray], sig: Signature, size: int = CHUNK) -> list[Arrays]:
@@ -95,10 +95,12 @@ def onnx_runner(data: bytes, sig: Signature) -> Runner:
     return run
 
 
-def tflite_runner(data: bytes, sig: Signature) -> Runner:
-    """Run TFLite bytes through the device's binding, by the signature's names."""
+def tflite_runner(data: bytes, sig: Signature, signature: str | None = None) -> Runner:
+    """Run TFLite bytes through the device's binding, by the signature's names (through
+    SignatureDef ``signature`` when the file holds several)."""
     try:
-        model = LiteRTModel(bytes(data), [t.name for t in sig.inputs], [t.name for t in sig.outputs])
+        model = LiteRTModel(bytes(data), [t.name for t in sig.inputs], [t.name for t in sig.outputs],
+                            signature=signature)
     except BentoEdgeError:  # no runtime installed: say what to install, not "invalid model"
         raise
     except SignatureMismatch:

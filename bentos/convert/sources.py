@@ -69,27 +69,51 @@ class Source:
     signature: Signature
     handle: Any  # keras.Model | loaded SavedModel | bytes (onnx, tflite)
     tflite_precision: str | None = None  # for .tflite sources: what the file already is
+    #: The signature used: a SavedModel's (default ``serving_default``), or a TFLite file's when
+    #: it holds several (None for one or none: the file runs as it is).
+    signature_key: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "file": self.path.name, "sha256": self.sha256}
 
 
-def open_source(path: Path) -> Source:
-    """Open the model at ``path`` and work out its signature; SourceError if it cannot be."""
+def open_source(path: Path, signature: str | None = None) -> Source:
+    """Open the model at ``path`` and work out its signature; SourceError if it cannot be.
+
+    ``signature`` picks one of a SavedModel's or a TFLite file's SignatureDefs (the build's
+    ``--signature``); Keras and ONNX sources have one graph and take none."""
     path = Path(path)
     kind = detect_kind(path)
+    if signature is not None and kind in ("keras", "onnx"):
+        raise SourceError(f"--signature picks a SignatureDef of a SavedModel or a .tflite file; {path.name} is "
+                          f"{kind}, which has one graph: drop --signature")
     digest = source_sha256(path)
     if kind == "keras":
         model = _load_keras(path)
         return Source(path, kind, digest, _keras_signature(model), model)
     if kind == "savedmodel":
-        loaded, sig = _load_savedmodel(path)
-        return Source(path, kind, digest, sig, loaded)
+        loaded, sig, key = _load_savedmodel(path, signature)
+        return Source(path, kind, digest, sig, loaded, signature_key=key)
     data = path.read_bytes()
     if kind == "onnx":
         return Source(path, kind, digest, onnx_signature(data), data)
-    sig, precision = tflite_signature(data)
-    return Source(path, kind, digest, sig, data, tflite_precision=precision)
+    sig, precision, tflite_key = tflite_signature(data, signature, path.name)
+    return Source(path, kind, digest, sig, data, tflite_precision=precision, signature_key=tflite_key)
+
+
+def _pick_signature(keys: list[str], wanted: str | None, what: str, default: str | None = None) -> str | None:
+    """The SignatureDef to use among ``keys``: ``wanted``, else ``default`` or the only one; a
+    SourceError naming the choices when that is ambiguous or ``wanted`` is not there."""
+    listed = ", ".join(repr(k) for k in keys) or "none"
+    if wanted is not None:
+        if wanted not in keys:
+            raise SourceError(f"{what} has no signature {wanted!r} (it has {listed}); pass one of them to --signature")
+        return wanted
+    if default is not None and default in keys:
+        return default
+    if len(keys) > 1:
+        raise SourceError(f"{what} has {len(keys)} signatures ({listed}); pick one with --signature NAME")
+    return keys[0] if keys else None
 
 
 def _load_keras(path: Path) -> Any:
@@ -133,20 +157,21 @@ def _checked(sig: Signature) -> Signature:
         raise SourceError(f"the model's inputs/outputs cannot be described: {exc}") from None
 
 
-def _load_savedmodel(path: Path) -> tuple[Any, Signature]:
+def _load_savedmodel(path: Path, signature: str | None = None) -> tuple[Any, Signature, str]:
     tf_mod = tf()
     try:
         loaded = tf_mod.saved_model.load(str(path))
     except Exception as exc:
         raise SourceError(f"cannot load SavedModel {path}: {first_line(exc)}") from None
-    fn = loaded.signatures.get("serving_default")
-    if fn is None:
-        raise SourceError(f"SavedModel {path} has no 'serving_default' signature; export one with named outputs")
+    key = _pick_signature(list(loaded.signatures), signature, f"SavedModel {path}", default="serving_default")
+    if key is None:
+        raise SourceError(f"SavedModel {path} has no signatures; export one (serving_default) with named outputs")
+    fn = loaded.signatures[key]
     in_specs = fn.structured_input_signature[1]
     outs = fn.structured_outputs
     inputs = tuple(TensorSpec(n, _dtype_name(s.dtype), _shape(s.shape.as_list())) for n, s in in_specs.items())
     outputs = tuple(TensorSpec(n, _dtype_name(s.dtype), _shape(s.shape.as_list())) for n, s in outs.items())
-    return loaded, _checked(Signature(inputs, outputs))
+    return loaded, _checked(Signature(inputs, outputs)), key
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 3: "int8", 2: "uint8", 5: "int16", 6: "int32",
@@ -186,15 +211,21 @@ def open_tflite(data: bytes) -> Any:
         raise SourceError(f"not a valid TFLite model: {first_line(exc)}") from None
 
 
-def tflite_signature(data: bytes) -> tuple[Signature, str]:
-    """The signature of a TFLite model and its precision.
+def tflite_signature(data: bytes, signature: str | None = None,
+                     what: str = "the TFLite model") -> tuple[Signature, str, str | None]:
+    """The signature of a TFLite model, its precision, and the SignatureDef key chosen when the
+    file holds several (None otherwise).
 
     With a SignatureDef its names are used; without one (most published files) the tensor
     names, in the model's order, made API-safe and unique (``api_names``).  Integer inputs
     and outputs that carry a scale are float32 at the API, with the integer form recorded.
     """
     interp = open_tflite(data)
-    ins, outs, named = litert.io_details(interp)
+    keys = litert.signature_keys(interp)
+    if signature is not None and not keys:
+        raise SourceError(f"{what} has no signatures (SignatureDefs) to pick from: drop --signature")
+    key = _pick_signature(keys, signature, what)
+    ins, outs, named = litert.io_details(interp, key)
     if named:
         in_items, out_items = list(ins.items()), list(outs.items())
     else:  # by position, as the binding binds them: two tensors may share a name
@@ -218,7 +249,7 @@ def tflite_signature(data: bytes) -> tuple[Signature, str]:
         ins_spec = [_free_batch(t) for t in ins_spec]
         outs_spec = [_free_batch(t) if t.shape[:1] == (1,) else t for t in outs_spec]
     sig = _checked(Signature(tuple(ins_spec), tuple(outs_spec)))
-    return sig, tflite_precision(interp)
+    return sig, tflite_precision(interp), key if len(keys) > 1 else None
 
 
 def _free_batch(t: TensorSpec) -> TensorSpec:

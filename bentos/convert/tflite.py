@@ -58,7 +58,9 @@ def to_tflite(src: Source, precision: str, calibration: Mapping[str, np.ndarray]
     else:
         saved = savedmodel_path(src, workdir)
     tf_mod = tf()
-    conv = tf_mod.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["serving_default"])
+    # A SavedModel source converts the signature the build picked; our own exports are serving_default.
+    key = (src.signature_key or "serving_default") if src.kind == "savedmodel" else "serving_default"
+    conv = tf_mod.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=[key])
     if precision in ("fp16", "dynamic", "int8"):
         conv.optimizations = [tf_mod.lite.Optimize.DEFAULT]
     if precision == "fp16":

