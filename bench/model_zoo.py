@@ -107,8 +107,12 @@ def measure(model: ZooModel, work: Path, n: int) -> list[dict[str, Any]]:
         return [{**base, "target": "-", "artifact": "build failed", "note": res.stderr.strip().splitlines()[-1][:200]}]
     sealed = ModelStore().get(name)
     sig = sealed.manifest.signature
-    one = {t.name: by_name[n][:1] for t, n in zip(sig.inputs, names, strict=True)}
-    original = [by_name[n][:1] for n in names]
+    # One sample a call; a per-call model (a scalar input: no samples axis) takes its whole call.
+    def first(arr: np.ndarray) -> np.ndarray:
+        return arr if sig.per_call else arr[:1]
+
+    one = {t.name: first(by_name[n]) for t, n in zip(sig.inputs, names, strict=True)}
+    original = [first(by_name[n]) for n in names]
     floor = _p50_ms(_floor(model, path, original), n)
     rows = []
     for art in sealed.manifest.artifacts:

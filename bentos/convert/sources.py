@@ -96,6 +96,9 @@ def open_source(path: Path, signature: str | None = None) -> Source:
         return Source(path, kind, digest, sig, loaded, signature_key=key)
     data = path.read_bytes()
     if kind == "onnx":
+        data, merged = _onnx_with_external_data(path, data)
+        if merged:  # the weights came from files beside it: the digest covers what is built
+            digest = hashlib.sha256(data).hexdigest()
         return Source(path, kind, digest, onnx_signature(data), data)
     sig, precision, tflite_key = tflite_signature(data, signature, path.name)
     return Source(path, kind, digest, sig, data, tflite_precision=precision, signature_key=tflite_key)
@@ -176,6 +179,43 @@ def _load_savedmodel(path: Path, signature: str | None = None) -> tuple[Any, Sig
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 3: "int8", 2: "uint8", 5: "int16", 6: "int32",
                 7: "int64", 9: "bool"}
+
+
+def _onnx_with_external_data(path: Path, data: bytes) -> tuple[bytes, bool]:
+    """An ONNX file's bytes with any external-data tensors (weights kept in files beside it, as
+    exporters do for large models) read in, so every later step sees one self-contained model."""
+    onnx_mod = onnx()
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx_mod.load_model_from_string(data)  # external data is read only below, from files
+    except Exception as exc:
+        raise SourceError(f"not a valid ONNX model: {first_line(exc)}") from None
+    external = [t for t in _graph_tensors(model.graph) if uses_external_data(t)]
+    if not external:
+        return data, False
+    for t in external:
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not (path.parent / location).is_file():
+            raise SourceError(f"{path.name} keeps tensor {t.name!r} in {location!r}, which is not beside it: copy "
+                              "the model's data files into the folder of the .onnx file")
+    try:
+        onnx_mod.load_external_data_for_model(model, str(path.parent))
+        return model.SerializeToString(), True
+    except Exception as exc:  # protobuf's 2 GB limit, a short data file, a location outside the folder
+        raise SourceError(f"cannot read the external data of {path.name}: {first_line(exc)}") from None
+
+
+def _graph_tensors(graph: Any) -> list[Any]:
+    """Every tensor a graph holds: its initializers and node attributes, subgraphs included."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            out.extend([attr.t] if attr.HasField("t") else [])
+            out.extend(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(_graph_tensors(sub))
+    return out
 
 
 def onnx_signature(data: bytes) -> Signature:
