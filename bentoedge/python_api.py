@@ -88,14 +88,15 @@ def build(source: str | Path, name: str, *, version: str | None = None, calibrat
           max_drop: float = 0.01, recipients: Sequence[str] = ("kek",), accept_quality: bool = False,
           golden_count: int = 8, output: str | Path | None = None, home: str | Path | None = None,
           progress: Callable[[str], None] | None = None, synthetic_validation: str | None = None,
-          budgets: Sequence[str] = (), signature: str | None = None) -> Manifest:
+          budgets: Sequence[str] = (), signature: str | None = None, breaking: bool = False) -> Manifest:
     """Convert, quantize, gate, encrypt and sign ``source`` into the model store (or into the
     new folder ``output``); returns the signed manifest.  Raises ``QualityGateError`` (with
     its ``report``) when an artifact is over budget and ``accept_quality`` is not set.
     Without ``validation`` (or ``calibration``) data, ``synthetic_validation`` ranges such as
     ``"0:1"`` gate on random inputs, recorded in the manifest as not a real accuracy figure.
     ``budgets`` (``"OUTPUT=METRIC:VALUE"``) state an output's metrics, as ``--budget`` does;
-    ``signature`` picks a SavedModel's or TFLite file's SignatureDef, as ``--signature`` does."""
+    ``signature`` picks a SavedModel's or TFLite file's SignatureDef, as ``--signature`` does;
+    ``breaking`` declares an API change from the previous version, as ``--breaking`` does."""
     from bentoedge.bentos.build import BuildOptions, build_to_dir
     from bentoedge.bentos.build import build as build_in_store
 
@@ -105,7 +106,7 @@ def build(source: str | Path, name: str, *, version: str | None = None, calibrat
         validation=None if validation is None else Path(validation),
         edge=tuple(edge), cloud=tuple(cloud), max_drop=max_drop, accept_quality=accept_quality,
         recipients=tuple(recipients), golden_count=golden_count, synthetic=synthetic_validation,
-        budgets=tuple(budgets), signature=signature)
+        budgets=tuple(budgets), signature=signature, breaking=breaking)
     if output is not None:
         return build_to_dir(opts, Path(output), progress=progress).manifest
     return build_in_store(opts, progress=progress).manifest
@@ -137,9 +138,10 @@ def verify(ref: str | Path, *, home: str | Path | None = None) -> Verified:
 
 def publish(ref: str, channel: str, *, rollout: int = 100, device_classes: Sequence[str] = (),
             min_agent: str = "0", pinned: bool = False, home: str | Path | None = None,
-            progress: Callable[[str, int], Callable[[int], None]] | None = None) -> Release:
+            progress: Callable[[str, int], Callable[[int], None]] | None = None, breaking: bool = False) -> Release:
     """Publish ``ref``'s edge artifacts to ``channel`` (keys wrapped for every enrolled device);
-    returns the signed release record."""
+    returns the signed release record.  A version whose API differs from the one before it
+    on the channel is refused unless declared (``breaking``, or ``--breaking`` at build)."""
     from bentoedge.cloud.channel.channel import Channel
 
     if not 0 <= rollout <= 100:
@@ -147,7 +149,7 @@ def publish(ref: str, channel: str, *, rollout: int = 100, device_classes: Seque
     with _opened(ref) as sealed:
         ch = Channel.open(channel, home=None if home is None else _home(home))
         return ch.publish(sealed, rollout=rollout, device_classes=tuple(device_classes), min_agent=min_agent,
-                          pinned=pinned, progress=progress)
+                          pinned=pinned, progress=progress, breaking=breaking)
 
 
 # ---- the parts ----------------------------------------------------------------------------

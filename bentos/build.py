@@ -38,6 +38,7 @@ import numpy as np
 
 from bentoedge.bentos import quality
 from bentoedge.bentos.api import batch_size
+from bentoedge.bentos.api_compat import API_MAJOR, api_major, breaking_changes, describe
 from bentoedge.bentos.datasets import load_npz, parse_ranges, synthetic_inputs
 from bentoedge.bentos.errors import (
     ConversionError,
@@ -48,7 +49,7 @@ from bentoedge.bentos.errors import (
 )
 from bentoedge.bentos.golden import DEFAULT_ATOL, DEFAULT_RTOL, Golden
 from bentoedge.bentos.keystore import LocalKeys, parse_recipient
-from bentoedge.bentos.manifest import check_name, check_version
+from bentoedge.bentos.manifest import Manifest, Signature, check_name, check_version
 from bentoedge.bentos.recipients import Recipient
 from bentoedge.bentos.sealed import Plain, SealedModel, SealRequest, seal
 
@@ -77,6 +78,7 @@ class BuildOptions:
     synthetic: str | None = None  # --synthetic-validation ranges ("0:1", "x=-1:1,y=0:255"), no data given
     budgets: tuple[str, ...] = ()  # --budget NAME=METRIC:VALUE, the user's metrics for an output
     signature: str | None = None  # --signature: a SavedModel's or TFLite file's SignatureDef
+    breaking: bool = False  # --breaking: the API may change from the previous version (major + 1)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,12 @@ def _check_tag(name: str, version: str | None = None) -> None:
         raise UsageError(str(exc)) from None
 
 
-def prepare(opts: BuildOptions, release: int, version: str, progress: Progress | None = None) -> Prepared:
-    """Everything up to sealing: keys, conversion, gate, golden samples (no store, no output dir)."""
+def prepare(opts: BuildOptions, release: int, version: str, progress: Progress | None = None,
+            previous: Manifest | None = None) -> Prepared:
+    """Everything up to sealing: keys, conversion, gate, golden samples (no store, no output dir).
+
+    ``previous`` is the newest version of the model already built: its API must still hold,
+    unless ``opts.breaking`` declares the change (checked before any conversion)."""
     from bentoedge.bentos import convert
 
     _check_tag(opts.name, version)
@@ -142,6 +148,7 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
         budgets = quality.parse_budgets(opts.budgets, [t.name for t in sig.outputs])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    api = _declare_api(opts, version, sig, previous)
     calib = load_npz(Path(opts.calibration), sig, "calibration")[0] if opts.calibration else None
     labels = None
     synthetic: dict[str, Any] | None = None
@@ -229,7 +236,7 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
         plains.append(Plain(f"golden-{target}", target, Golden(g_in, expected).to_bytes()))
         golden[target] = f"golden-{target}"
 
-    extra: dict[str, Any] = {"quality_accepted": True} if bad else {}
+    extra: dict[str, Any] = {**api, "quality_accepted": True} if bad else dict(api)
     if synthetic is not None:
         extra["synthetic_validation"] = synthetic
     req = SealRequest(
@@ -238,6 +245,22 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
     )
     return Prepared(req, recipients, keys, tuple(rows))
 
+
+
+def _declare_api(opts: BuildOptions, version: str, sig: Signature, previous: Manifest | None) -> dict[str, Any]:
+    """The manifest's API record (``api_major``, and ``breaking_from`` when declared), or a
+    UsageError for an undeclared change that would break clients of ``previous``."""
+    if previous is None:
+        return {API_MAJOR: 1}
+    major = api_major(previous)
+    changes = breaking_changes(previous.signature, sig)
+    if changes and not opts.breaking:
+        raise UsageError(f"{opts.name}:{version} would change the API of {previous.tag}: {describe(changes)}; keep "
+                         f"the names, dtypes and shapes, or pass --breaking to declare it (API major {major} -> "
+                         f"{major + 1})")
+    if opts.breaking:
+        return {API_MAJOR: major + 1, "breaking_from": previous.tag}
+    return {API_MAJOR: major}
 
 
 def build(opts: BuildOptions, store: ModelStore | None = None, progress: Progress | None = None) -> SealedModel:
@@ -251,7 +274,8 @@ def build(opts: BuildOptions, store: ModelStore | None = None, progress: Progres
     _check_tag(opts.name, version)
     if store.exists(opts.name, version):
         raise UsageError(f"{opts.name}:{version} is already in the store; pick another --version")
-    prepared = prepare(opts, release, version, progress)
+    previous = store.get(opts.name).manifest if release > 1 else None
+    prepared = prepare(opts, release, version, progress, previous)
     _note(progress, f"encrypting and signing {opts.name}:{version}")
     signer = prepared.keys.signing_key()
     return store.add(opts.name, version, release,

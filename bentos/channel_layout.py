@@ -134,6 +134,9 @@ class Release:
     min_agent: str = "0"
     pinned: bool = False
     files: tuple[str, ...] = ()  # target paths of the version's files
+    #: The publisher declared that this version changes the API of the one before it: a device
+    #: may swap it in behind a running endpoint only then (``bentos.api_compat``).
+    breaking: bool = False
 
     def __post_init__(self) -> None:
         if not valid_name(self.model) or not valid_name(self.version):
@@ -143,8 +146,9 @@ class Release:
             raise FormatError(f"invalid release record {self.key}: the release counter must be a whole number >= 0")
         if not _is_int(self.rollout) or not 0 <= self.rollout <= 100:
             raise FormatError(f"invalid release record {self.key}: rollout must be a whole percentage 0..100")
-        if not isinstance(self.min_agent, str) or not isinstance(self.pinned, bool):
-            raise FormatError(f"invalid release record {self.key}: min_agent must be a string and pinned a boolean")
+        if not isinstance(self.min_agent, str) or not isinstance(self.pinned, bool) or not isinstance(self.breaking, bool):
+            raise FormatError(f"invalid release record {self.key}: min_agent must be a string, pinned and breaking "
+                              "booleans")
         for name, value in (("device_classes", self.device_classes), ("files", self.files)):
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
                 raise FormatError(f"invalid release record {self.key}: {name} must be a list of strings")
@@ -161,7 +165,8 @@ class Release:
         """The ``custom`` metadata of the version's manifest target."""
         return {CUSTOM_KEY: {"model": self.model, "version": self.version, "release": self.release,
                              "device_classes": list(self.device_classes), "rollout": self.rollout,
-                             "min_agent": self.min_agent, "pinned": self.pinned, "files": list(self.files)}}
+                             "min_agent": self.min_agent, "pinned": self.pinned, "files": list(self.files),
+                             **({"breaking": True} if self.breaking else {})}}
 
     @classmethod
     def from_custom(cls, custom: object) -> Release:
@@ -175,7 +180,8 @@ class Release:
         return cls(model=d["model"], version=d["version"], release=d["release"],
                    device_classes=_strings(d.get("device_classes", []), "device_classes"),
                    rollout=d.get("rollout", 100), min_agent=d.get("min_agent", "0"),
-                   pinned=d.get("pinned", False), files=_strings(d.get("files", []), "files"))
+                   pinned=d.get("pinned", False), files=_strings(d.get("files", []), "files"),
+                   breaking=d.get("breaking", False))
 
     def relative_files(self) -> tuple[str, ...]:
         """``files`` relative to the version folder, checked against ``FILE_RE``.

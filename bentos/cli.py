@@ -138,6 +138,9 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--synthetic-validation", "synthetic", metavar="LO:HI|NAME=LO:HI,...",
               help="No --validation data: gate on random inputs in these ranges (recorded in the "
                    "manifest as not a real accuracy figure).")
+@click.option("--breaking", is_flag=True,
+              help="Declare that this version changes the API of the previous one (input/output names, "
+                   "dtypes or shapes): raises the API major; without it such a build is refused.")
 @click.option("--signature", metavar="NAME",
               help="The SignatureDef to build from, for a SavedModel or .tflite file that holds several "
                    "(default: serving_default, or the only one).")
@@ -147,7 +150,7 @@ def keys_trust(pubfile: Path) -> None:
                    "top1_agreement, argmax_iou (masks), box_iou (boxes).")
 def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
           edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
-          accept_quality: bool, golden_count: int, synthetic: str | None, signature: str | None,
+          accept_quality: bool, golden_count: int, synthetic: str | None, breaking: bool, signature: str | None,
           budgets: tuple[str, ...]) -> None:
     """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
 
@@ -174,7 +177,7 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
         source=source, name=name, home=default_home(), version=version, calibration=calibration,
         validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
         accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count,
-        synthetic=synthetic, budgets=budgets, signature=signature)
+        synthetic=synthetic, budgets=budgets, signature=signature, breaking=breaking)
     err = _console(err=True)
     try:
         with err.status("building", spinner="dots") as status:

@@ -56,16 +56,20 @@ def run_tflite(model: bytes, x: np.ndarray) -> np.ndarray:
 
 def seal_tiny(out: Path, home: Path, version: str, release: int, name: str = "tiny",
               model_bytes: bytes | None = None, broken_golden: bool = False,
-              signer: Ed25519PrivateKey | None = None) -> SealedModel:
+              signer: Ed25519PrivateKey | None = None, output: str = "y",
+              extra: dict[str, object] | None = None) -> SealedModel:
+    """The committed tiny LiteRT model sealed as ``name:version``; ``output`` renames its output
+    in the manifest (an API change, for the compatibility tests) and ``extra`` adds to it."""
     keys = LocalKeys(home)
     keys.init()
     model = model_bytes if model_bytes is not None else TINY.read_bytes()
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
     y = run_tflite(model, x) + (0.5 if broken_golden else 0.0)
-    golden = Golden({"x": x}, {"edge-fp32": {"y": y.astype(np.float32)}})
+    golden = Golden({"x": x}, {"edge-fp32": {output: y.astype(np.float32)}})
+    sig = SIG if output == "y" else Signature(SIG.inputs, (TensorSpec(output, "float32", (None, 3)),))
     req = SealRequest(
         name=name, version=version, release=release, source={"kind": "tflite", "sha256": "0" * 64},
-        signature=SIG,
+        signature=sig, extra=extra or {},
         artifacts=[Plain("edge-fp32", "edge", model, "litert", "fp32"),
                    Plain("golden-edge", "edge", golden.to_bytes()),
                    Plain("cloud-fp32", "cloud", os.urandom(256), "onnxruntime", "fp32")],

@@ -37,9 +37,10 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 
 from bentoedge.bentos import channel_layout as layout
+from bentoedge.bentos.api_compat import api_major, breaking_changes, describe
 from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
 from bentoedge.bentos.keystore import LocalKeys, default_home, write_private
-from bentoedge.bentos.manifest import canonical_json
+from bentoedge.bentos.manifest import Manifest, canonical_json
 from bentoedge.bentos.recipients import (
     Keyring,
     X25519Recipient,
@@ -224,7 +225,8 @@ class Channel:
 
     def publish(self, sealed: SealedModel, rollout: int = 100, device_classes: Sequence[str] = (),
                 min_agent: str = "0", pinned: bool = False, kek: bytes | None = None,
-                progress: UploadProgress | None = None, check_release: bool = True) -> repo.Release:
+                progress: UploadProgress | None = None, check_release: bool = True,
+                breaking: bool = False) -> repo.Release:
         """Upload the edge part of ``sealed`` and make it the channel's newest state.
 
         Data keys are rewrapped for every enrolled device on a staged copy; the store's
@@ -243,8 +245,10 @@ class Channel:
                 if r.model == m.name and r.version != m.version and r.release >= m.release:
                     raise UsageError(f"{r.model}:{r.version} has release {r.release} >= {m.release} of {m.tag}; "
                                      "devices never go back in release: build a newer release")
+        declared = self._api_change(md, sealed, breaking)
         recipients = self.recipients()
-        release = repo.Release(m.name, m.version, m.release, tuple(device_classes), rollout, min_agent, pinned)
+        release = repo.Release(m.name, m.version, m.release, tuple(device_classes), rollout, min_agent, pinned,
+                               breaking=declared)
         with tempfile.TemporaryDirectory(prefix="bentoedge-publish-") as tmp:
             staged = self._stage(sealed, Path(tmp), recipients, kek)
             files: dict[str, tuple[int, str]] = {}
@@ -262,6 +266,35 @@ class Channel:
         repo.set_version(md.targets.signed, release, files)
         self._commit_targets(md)
         return release
+
+    def _api_change(self, md: Loaded, sealed: SealedModel, breaking: bool) -> bool:
+        """Whether this publish changes the API of the model's newest other release on the
+        channel (True: declared, by ``--breaking`` here or at build); UsageError when it does
+        and nobody declared it.  A republish of a version keeps its own record's flag."""
+        m = sealed.manifest
+        others = [r for r in repo.releases(md.targets.signed) if r.model == m.name]
+        same = next((r for r in others if r.version == m.version), None)
+        older = [r for r in others if r.version != m.version and r.release < m.release]
+        if not older:
+            return breaking or (same.breaking if same else False)
+        newest = max(older, key=lambda r: r.release)
+        previous = self._published_manifest(md, newest)
+        changes = breaking_changes(previous.signature, m.signature)
+        if not changes:
+            return False
+        declared = breaking or api_major(m) > api_major(previous)
+        if not declared:
+            raise UsageError(f"{m.tag} changes the API of {previous.tag}, published on this channel: {describe(changes)}; "
+                             f"devices would swap it in behind a running endpoint: rebuild with --breaking, or "
+                             "publish with --breaking to declare it")
+        return True
+
+    def _published_manifest(self, md: Loaded, release: repo.Release) -> Manifest:
+        target = md.targets.signed.targets.get(release.manifest_path)
+        data = self.storage.get(layout.hashed_target_key(release.manifest_path, target.hashes["sha256"])) if target else None
+        if data is None:
+            raise ChannelError(f"the channel lists {release.key} but its manifest is missing from storage")
+        return Manifest.from_bytes(bytes(data))
 
     def _stage(self, sealed: SealedModel, tmp: Path, recipients: Sequence[X25519Recipient],
                kek: bytes | None) -> Path:

@@ -135,7 +135,10 @@ def pin(tag: str, url: str) -> None:
 @click.option("--device-class", "device_classes", multiple=True, help="Only these device classes (repeatable).")
 @click.option("--min-agent", default="0", show_default=True, help="Minimum agent version.")
 @click.option("--pin", "pinned", is_flag=True, help="Pin devices to this version.")
-def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], min_agent: str, pinned: bool) -> None:
+@click.option("--breaking", is_flag=True,
+              help="Declare that this version changes the API of the one before it (devices then swap it in).")
+def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], min_agent: str, pinned: bool,
+            breaking: bool) -> None:
     """Publish a sealed model's edge artifacts to a channel (keys wrapped per enrolled device)."""
     from bentoedge.python_api import publish as publish_model
 
@@ -150,7 +153,7 @@ def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], m
             return lambda n: progress.advance(task, n)
 
         rel = publish_model(tag, url, rollout=rollout, device_classes=device_classes, min_agent=min_agent,
-                            pinned=pinned, progress=on_file)
+                            pinned=pinned, progress=on_file, breaking=breaking)
     click.echo(f"published {rel.model}:{rel.version} release {rel.release} to {ch.url} "
                f"(rollout {rel.rollout}%, classes {','.join(rel.device_classes) or 'all'}, "
                f"{len(ch.devices())} devices)")

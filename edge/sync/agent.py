@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.ngclient import Updater
 
+from bentoedge.bentos.api_compat import api_major, breaking_changes
+from bentoedge.bentos.api_compat import describe as describe_changes
 from bentoedge.bentos.channel_layout import METADATA_DIR, TARGETS_DIR, TIMESTAMP_KEY
 from bentoedge.bentos.errors import (
     ChannelError,
@@ -465,6 +467,15 @@ class SyncAgent:
         missing = [f for f in sorted(needed) if not (staged / f).exists()]
         if missing:
             raise FormatError(f"{m.tag} is missing {', '.join(missing)} on the channel")
+        current = self.active.get()
+        if current is not None and not cand.breaking and api_major(m) <= api_major(current.manifest):
+            # Clients of the running endpoint must not see its API change under them, unless
+            # the publisher declared it: a higher API major in the signed manifest (build
+            # --breaking), or the channel's signed release record (publish --breaking).
+            changes = breaking_changes(current.manifest.signature, m.signature)
+            if changes:
+                raise FormatError(f"{m.tag} changes the API of the running {current.manifest.tag} "
+                                  f"({describe_changes(changes)}) and the channel does not mark it breaking")
 
     # ---- the loop ------------------------------------------------------------------------------
 
