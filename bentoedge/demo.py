@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,14 @@ class Demo:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     # ---- running things -------------------------------------------------------------------
+    def busy(self, what: str) -> AbstractContextManager[object]:
+        """A spinner naming what the demo waits for, so no pause is silent."""
+        return self.console.status(what, spinner="dots")
+
     def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "bentoedge", *args]
-        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        with self.busy(f"bentoedge {' '.join(args[:2])} ..."):
+            res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:
             raise DemoFailure(f"`bentoedge {' '.join(args)}` exited {res.returncode}: {_last_line(res)}")
         return res
@@ -140,7 +145,14 @@ def http_json(port: int, method: str, path: str, body: Any = None, timeout: floa
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-             log: Path | None = None) -> None:
+             log: Path | None = None, console: Console | None = None) -> None:
+    """Poll ``check`` until it holds, with a spinner naming ``what`` on ``console``."""
+    with console.status(f"waiting for {what} ...", spinner="dots") if console else nullcontext():
+        _wait(check, timeout, what, proc, log)
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes] | None,
+          log: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -183,7 +195,8 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
 
     with d.step("1. Keys and the example model"):
         d.cli("keys", "init")
-        example = make_example(d.work / "example")
+        with d.busy("training the example digits classifier ..."):
+            example = make_example(d.work / "example")
         val = np.load(example["validation"])
         xs, labels = val["x"].astype(np.float32), val["labels"]
         d.record("example", True, f"trained a Keras digits classifier ({len(xs)} validation samples)")
@@ -206,7 +219,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
     with d.step("3. Start the cloud endpoint (bentoml serve, decrypting in memory)"):
         cloud = d.start("cloud", "serve", f"{MODEL}:v1", "--port", str(cloud_port))
         wait_for(lambda: http_json(cloud_port, "GET", "/readyz", timeout=2).status == 200, 180,
-                 "the cloud service to be ready", cloud, d.work / "cloud.log")
+                 "the cloud service to be ready", cloud, d.work / "cloud.log", d.console)
         r = predict(cloud_port, xs[:4])
         d.record("cloud", r.status == 200 and r.body.get("served_by") == "cloud",
                  f"cloud answers on 127.0.0.1:{cloud_port}: served_by={r.body.get('served_by')}, "
@@ -236,7 +249,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
             sync = r.body.get("sync") or r.body
             return (r.body.get("model") or {}).get("version") or sync.get("active_version")
 
-        wait_for(lambda: active_version() == "v1", 120, "the device to activate v1", agent, d.work / "agent.log")
+        wait_for(lambda: active_version() == "v1", 120, "the device to activate v1", agent, d.work / "agent.log", d.console)
         d.record("sync", True, "the device verified, decrypted and health-checked v1, and serves it")
 
     with d.step("6. Predictions on the device"):
@@ -277,7 +290,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         t.start()
         try:
             d.cli("publish", f"{MODEL}:v2", "--channel", channel)
-            wait_for(lambda: active_version() == "v2", 120, "the device to activate v2", agent, d.work / "agent.log")
+            wait_for(lambda: active_version() == "v2", 120, "the device to activate v2", agent, d.work / "agent.log", d.console)
             time.sleep(1.0)
         finally:
             stop.set()
@@ -308,7 +321,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
                 seen.append(error)
             return bool(seen)
 
-        wait_for(refused, 60, "the device to refuse v3", agent, d.work / "agent.log")
+        wait_for(refused, 60, "the device to refuse v3", agent, d.work / "agent.log", d.console)
         r = predict(agent_port, xs[:2])
         d.record("tamper", active_version() == "v2" and r.status == 200 and bool(seen),
                  f"flipped one bit in {tampered}; the device refused v3 (its bytes miss the hash the "

@@ -10,10 +10,13 @@ up in the BentoML store) or by PATH (a sealed folder, or a file made by ``export
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from rich.console import Console
@@ -27,8 +30,52 @@ from bentoedge.bentos.sealed import SealedModel
 from bentoedge.bentos.signing import SignatureInfo
 
 
-def _console(err: bool = False) -> Console:
-    return Console(stderr=err, highlight=False, soft_wrap=True)
+def _console(err: bool = False, file: IO[str] | None = None) -> Console:
+    return Console(stderr=err, file=file, highlight=False, soft_wrap=True, log_path=False)
+
+
+def _flush_c_streams() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no libc to ask (not Linux/macOS): nothing buffered to lose
+        pass
+
+
+@contextmanager
+def quiet_converters(quiet: bool) -> Iterator[IO[str] | None]:
+    """While converters run, send file descriptors 1 and 2 to a private temporary file.
+
+    TensorFlow, the TFLite converter and interpreter, absl and ONNX Runtime write their logs
+    from C++ straight to the process's stdout and stderr (and Python warnings go there too),
+    so no logging setting reaches all of them; a build shows its own progress instead.
+    Yields a stream on the real stderr for that progress (None when not ``quiet``: the
+    caller then uses stderr as usual, and ``--verbose`` sees everything).
+    """
+    if not quiet:
+        yield None
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    real_err = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            try:
+                yield real_err
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                _flush_c_streams()  # what C++ buffered must land in the sink, not after it
+                for fd, keep in saved.items():
+                    os.dup2(keep, fd)
+    finally:
+        for keep in saved.values():
+            os.close(keep)
+        real_err.close()
 
 
 def _keys() -> LocalKeys:
@@ -138,6 +185,7 @@ def keys_trust(pubfile: Path) -> None:
 @click.option("--synthetic-validation", "synthetic", metavar="LO:HI|NAME=LO:HI,...",
               help="No --validation data: gate on random inputs in these ranges (recorded in the "
                    "manifest as not a real accuracy figure).")
+@click.option("--verbose", is_flag=True, help="Show the converters' own output (TensorFlow, TFLite, ONNX Runtime).")
 @click.option("--breaking", is_flag=True,
               help="Declare that this version changes the API of the previous one (input/output names, "
                    "dtypes or shapes): raises the API major; without it such a build is refused.")
@@ -150,8 +198,8 @@ def keys_trust(pubfile: Path) -> None:
                    "top1_agreement, argmax_iou (masks), box_iou (boxes).")
 def build(source: Path, name: str, version: str | None, calibration: Path | None, validation: Path | None,
           edge: tuple[str, ...], cloud: tuple[str, ...], max_drop: float, recipients: tuple[str, ...],
-          accept_quality: bool, golden_count: int, synthetic: str | None, breaking: bool, signature: str | None,
-          budgets: tuple[str, ...]) -> None:
+          accept_quality: bool, golden_count: int, synthetic: str | None, verbose: bool, breaking: bool,
+          signature: str | None, budgets: tuple[str, ...]) -> None:
     """Convert, quantize, gate, encrypt and sign SOURCE into the model store.
 
     SOURCE is a Keras model (.keras, .h5), a SavedModel folder, an .onnx or a .tflite file.
@@ -178,15 +226,17 @@ def build(source: Path, name: str, version: str | None, calibration: Path | None
         validation=validation, edge=edge or ("int8",), cloud=cloud or ("fp32",), max_drop=max_drop,
         accept_quality=accept_quality, recipients=recipients or ("kek",), golden_count=golden_count,
         synthetic=synthetic, budgets=budgets, signature=signature, breaking=breaking)
-    err = _console(err=True)
     try:
-        with err.status("building", spinner="dots") as status:
-            def progress(msg: str) -> None:
-                err.log(msg)
-                status.update(msg)
+        with quiet_converters(not verbose) as progress_stream:
+            err = _console(err=True, file=progress_stream)
+            with err.status("building", spinner="dots") as status:
+                def progress(msg: str) -> None:
+                    err.log(msg)
+                    status.update(msg)
 
-            sealed = run_build(opts, progress=progress)
+                sealed = run_build(opts, progress=progress)
     except QualityGateError as exc:
+        err = _console(err=True)
         rows = exc.report if isinstance(exc.report, list) else []
         err.print(quality_table(rows, "Quality gate FAILED"))
         raise

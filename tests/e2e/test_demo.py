@@ -53,3 +53,19 @@ def test_demo_on_a_device_only_install_says_what_it_needs(tmp_path: Path) -> Non
     assert "Traceback" not in res.stderr and "pip install 'bentoedge[all]'" in res.stderr, res.stderr
     assert "keras" in res.stderr and "bentoml" in res.stderr
     assert not (tmp_path / "home").exists()  # it stopped before making anything
+
+
+def test_every_pause_of_the_demo_shows_a_spinner_naming_it(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bentoedge.demo import Demo, wait_for
+
+    screen = io.StringIO()
+    d = Demo(tmp_path, Console(file=screen, force_terminal=True, width=100), dict(os.environ))
+    assert d.cli("--help").returncode == 0
+    polls = iter([False, False, True])
+    wait_for(lambda: next(polls), 10, "the device to activate v1", console=d.console)
+    shown = screen.getvalue()
+    assert "bentoedge --help" in shown and "waiting for the device to activate v1" in shown
