@@ -231,6 +231,84 @@ def lambda_cold_start_section(name: str, doc: Mapping[str, Any], md: list[str], 
     body.append(f"<h3>{title}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
 
 
+def device_startup_section(name: str, doc: Mapping[str, Any], md: list[str], body: list[str],
+                           img_dir: Path) -> None:
+    """bench/device_startup.py in words and one plot: per model, the agent's cold start and RSS
+    beside the bare LiteRT process, each against its goal, and the peak while a sync swaps.
+
+    Appends to the Markdown lines ``md`` and the HTML pieces ``body``; nothing for another result.
+    """
+    models: Any = doc.get("models")
+    if name != "device_startup" or not _is_records(models):
+        return
+    goal: Any = doc.get("goal") if isinstance(doc.get("goal"), Mapping) else {}
+    cold_goal, rss_goal = goal.get("cold_over_bare_ms", "?"), goal.get("rss_over_bare_mb", "?")
+    lines = []
+    for m in models:
+        size = m.get("artifact_bytes")
+        mb = f"{size / 1e6:.2f} MB" if isinstance(size, int | float) else "size unknown"
+
+        def met(key: str, m: Mapping[str, Any] = m) -> str:
+            return "met" if m.get(key) else "not met"
+
+        lines.append(
+            f"{m.get('model')} ({mb} edge artifact; {m.get('source', '')}): first 200 on /predict "
+            f"{fmt(m.get('cold_start_ms'))} ms after process start, against {fmt(m.get('bare_cold_ms'))} ms for a "
+            f"bare LiteRT process's first invoke (+{fmt(m.get('cold_over_bare_ms'))} ms, "
+            f"{fmt(m.get('cold_ratio'))}x; goal +{fmt(cold_goal)} ms: {met('cold_met')}). RSS after "
+            f"{fmt(m.get('requests'))} requests {fmt(m.get('rss_mb'))} MB, against {fmt(m.get('bare_rss_mb'))} MB "
+            f"(+{fmt(m.get('rss_over_bare_mb'))} MB; goal +{fmt(rss_goal)} MB: {met('rss_met')}). Peak while v2 is "
+            f"synced and swapped in: +{fmt(m.get('sync_peak_over_mb'))} MB over {fmt(m.get('sync_rss_before_mb'))} "
+            f"MB, against one model's worth of {fmt(m.get('model_worth_mb'))} MB ({met('sync_met')}).")
+    imports = doc.get("imports")
+    if isinstance(imports, Mapping):
+        lines.append(
+            f"Imports before serving: {fmt(imports.get('agent_ms'))} ms ({fmt(imports.get('agent_modules'))} modules) "
+            f"against {fmt(imports.get('bare_ms'))} ms for the bare runtime; loaded plainly (boto3 probed) "
+            f"{fmt(imports.get('agent_plain_ms'))} ms ({fmt(imports.get('agent_plain_modules'))} modules).")
+    title = "Device cold start and memory in brief"
+    md += [f"### {title}", "", *[f"- {line}" for line in lines], ""]
+    body.append(f"<h3>{title}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    img = _device_startup_plot(models, img_dir)
+    if img is not None:
+        rel = f"{img_dir.name}/{img.name}"
+        md += [f"![{img.stem}]({rel})", ""]
+        body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')
+
+
+def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path | None:
+    """Agent beside bare, per model: cold start (ms) and RSS (MB), each model's goal drawn as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(models) + 4), 3.6))
+    for ax, (agent, bare, goal, unit) in zip(axes, (("cold_start_ms", "bare_cold_ms", "cold_goal_ms", "cold start (ms)"),
+                                                    ("rss_mb", "bare_rss_mb", "rss_goal_mb", "steady RSS (MB)")),
+                                             strict=True):
+        xs = range(len(models))
+        ax.bar([x - 0.2 for x in xs], [float(m.get(bare) or 0) for m in models], 0.4, label="bare LiteRT")
+        ax.bar([x + 0.2 for x in xs], [float(m.get(agent) or 0) for m in models], 0.4, label="bentoedge agent run")
+        for x, m in zip(xs, models, strict=True):
+            ax.hlines(float(m.get(goal) or 0), x - 0.4, x + 0.4, colors="red", linestyles="dashed",
+                      label="goal" if x == 0 else None)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([str(m.get("model")) for m in models], fontsize=8)
+        ax.set_ylabel(unit)
+        top = max([float(m.get(k) or 0) for m in models for k in (agent, bare, goal)] + [1.0])
+        ax.set_ylim(0, top * 1.35)  # room for the legend above the bars and goals
+        ax.legend(fontsize=7, loc="upper left", ncol=3)
+    fig.suptitle("device_startup: agent beside the bare runtime", fontsize=9)
+    fig.tight_layout()
+    file = img_dir / "device_startup-agent-vs-bare.png"
+    fig.savefig(file, dpi=90)
+    plt.close(fig)
+    return file
+
+
 def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     img_dir = out_dir / "report_files"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +336,7 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
                 md += [f"**{path}**", "", md_table(value), ""]
                 body += [f"<h3>{html.escape(path)}</h3>", html_table(value)]
         lambda_cold_start_section(name, doc, md, body)
+        device_startup_section(name, doc, md, body, img_dir)
         for img in plots(name, doc, img_dir):
             rel = f"{img_dir.name}/{img.name}"
             md += [f"![{img.stem}]({rel})", ""]

@@ -70,3 +70,31 @@ def test_report_survives_a_broken_result_file(tmp_path: Path) -> None:
     mod = _report_module()
     md, _ = mod.render(mod.load_results(results), tmp_path)
     assert "unreadable result file" in md.read_text()
+
+
+def test_report_tells_device_startup_against_its_goals(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    row = {"model": "digits", "source": "examples.digits", "artifact_bytes": 190981, "cold_start_ms": 299.7,
+           "bare_cold_ms": 119.8, "cold_over_bare_ms": 179.9, "cold_ratio": 2.5, "cold_goal_ms": 419.8,
+           "cold_met": True, "rss_mb": 66.1, "bare_rss_mb": 38.6, "rss_over_bare_mb": 27.5, "rss_goal_mb": 68.6,
+           "rss_met": True, "requests": 1000, "sync_peak_over_mb": 0.5, "sync_rss_before_mb": 66.1,
+           "model_worth_mb": 3.8, "sync_met": True,
+           "runs": {"agent_cold_ms": [299.7, 301.0], "bare_cold_ms": [119.8, 121.0]}}
+    _write(results, "device_startup", {
+        "goal": {"cold_over_bare_ms": 300.0, "rss_over_bare_mb": 30.0},
+        "imports": {"agent_ms": 280.0, "agent_modules": 471, "bare_ms": 100.0, "agent_plain_ms": 358.0,
+                    "agent_plain_modules": 641},
+        "models": [row, {**row, "model": "face-mesh", "rss_mb": 80.8, "rss_over_bare_mb": 33.4, "rss_met": False}],
+    })
+    mod = _report_module()
+    md, page = mod.render(mod.load_results(results), tmp_path)
+    text = md.read_text()
+    assert "### Device cold start and memory in brief" in text
+    assert "first 200 on /predict 299.7 ms after process start, against 119.8 ms" in text
+    assert "(+179.9 ms, 2.5x; goal +300.0 ms: met)" in text
+    assert "(+33.4 MB; goal +30 MB: not met)" in text
+    assert "Imports before serving: 280.0 ms (471 modules) against 100.0 ms" in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        plot = tmp_path / "report_files" / "device_startup-agent-vs-bare.png"
+        assert plot.stat().st_size > 1000 and plot.name in page.read_text()

@@ -182,3 +182,14 @@ def test_waiting_for_a_busy_interpreter_stops_at_the_deadline(load: Callable[...
     finally:
         model._pool.put(held)
     assert model.predict({"x": x}, timeout=1.0)["y"].shape == (1, 3)  # and the pool is intact
+
+
+def test_freed_memory_goes_back_to_the_os_after_a_large_free() -> None:
+    # What health_check does after a load: trim the C heap (glibc), a no-op where there is none.
+    import platform
+
+    from bentoedge.edge import runtime
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert runtime._malloc_trim() is not None
+    runtime.release_freed_memory()  # never raises, glibc or not
