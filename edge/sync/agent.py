@@ -330,6 +330,13 @@ class SyncAgent:
                          last_error=None if result.ok else reason,
                          consecutive_errors=machine.errors_after(stage, self._status["consecutive_errors"]),
                          **({"last_update": _now()} if stage is Result.UPDATED else {}))
+        if cycle.replaced is not None:
+            # The old model's last reference here goes now, so its buffers are free (once any
+            # request still on it ends) and the heap can hand their pages back to the OS.
+            from bentoedge.edge.runtime import release_freed_memory
+
+            cycle = Cycle()
+            release_freed_memory()
         return result
 
     def _recover(self, fix: machine.Recovery, cycle: Cycle) -> None:
