@@ -145,7 +145,8 @@ def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
         extra = [k for k in ("concurrency", "model") if all(k in r for r in value) and k != label_key]
         if extra:
             labels = [f"{lab} ({', '.join(f'{k}={r[k]}' for k in extra)})" for lab, r in zip(labels, value, strict=True)]
-        series = [k for k in ("p50_ms", "p99_ms", "mean_ms") if any(isinstance(r.get(k), int | float) for r in value)]
+        series = [k for k in ("p50_ms", "floor_p50_ms", "p99_ms", "mean_ms")
+                  if any(isinstance(r.get(k), int | float) for r in value)]
         figures = []
         if series:
             figures.append(("latency (ms)", series, True))

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import": ("bentoedge.bentos.cli", "import_", "Read a sealed model from a file into the store."),
     "list": ("bentoedge.bentos.cli", "list_", "List the sealed models in the store."),
     "serve": ("bentoedge.cloud.cli", "serve", "Serve a sealed model with `bentoml serve`."),
+    "bento": ("bentoedge.cloud.cli", "bento", "Build a Bento of a sealed model for cpu, gpu, SageMaker or Lambda."),
+    "containerize": ("bentoedge.cloud.cli", "containerize", "Build a sealed model's Bento and its container image."),
     "deploy": ("bentoedge.cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
     "channel": ("bentoedge.cloud.channel.cli", "channel", "Create and manage a signed update channel (TUF)."),
     "publish": ("bentoedge.cloud.channel.cli", "publish", "Publish a sealed model's edge artifact to a channel."),

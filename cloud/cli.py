@@ -88,6 +88,57 @@ def serve(model: str, port: int, host: str) -> None:
     sys.exit(code if code >= 0 else 0)
 
 
+_TARGET = click.option("--target", type=click.Choice(["cpu", "gpu", "sagemaker", "lambda"]), default="cpu",
+                       show_default=True, help="Where the image runs: CPU, CUDA GPU, SageMaker (port 8080, "
+                                               "/ping, /invocations) or Lambda (awslambdaric).")
+
+
+@click.command("bento")
+@click.argument("model")
+@_TARGET
+def bento(model: str, target: str) -> None:
+    """Build a Bento of sealed model MODEL (NAME[:VERSION]) for TARGET, named NAME-TARGET:VERSION.
+
+    The Bento carries the sealed model (still encrypted) and finds it by itself: serve it with
+    `bentoml serve NAME-cpu:VERSION`, or make an image of it with `bentoedge containerize`.
+
+    \b
+    Examples:
+      bentoedge bento iris:v1                      # iris-cpu:v1
+      bentoedge bento iris:v1 --target sagemaker   # iris-sagemaker:v1, serving on 8080
+    """
+    from bentoedge.cloud.bento import build_bento
+
+    tag, path = build_bento(model, target, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"built Bento {tag} at {path}\nserve it: bentoml serve {tag}\nimage: bentoedge containerize {model} "
+               f"--target {target}")
+
+
+@click.command("containerize")
+@click.argument("model")
+@_TARGET
+def containerize(model: str, target: str) -> None:
+    """Build the Bento of MODEL for TARGET and its container image (`bentoml containerize`).
+
+    Without a Docker engine here the Bento is still built, and the command says where to
+    run `bentoml containerize` instead.
+
+    \b
+    Example:
+      bentoedge containerize iris:v1 --target lambda
+    """
+    from bentoedge.cloud.bento import build_bento
+    from bentoedge.cloud.bento import containerize as make_image
+
+    tag, path = build_bento(model, target, progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"built Bento {tag} at {path}")
+    if make_image(tag) is None:
+        click.echo(f"no Docker engine found here (docker is not on the PATH): the Bento is ready; run "
+                   f"`bentoml containerize {tag}` where Docker runs (or `bentoml export {tag}` to move it)")
+        return
+    click.echo(f"built image {tag} (docker images {tag.split(':')[0]})")
+
+
 @click.group("deploy")
 def deploy() -> None:
     """Deploy a sealed model's Bento image to SageMaker Serverless or Lambda; update; delete."""
@@ -186,7 +237,9 @@ def lambda_(model: str, function: str, image: str, role: str, memory: int, timeo
 
     sealed = _sealed(model)
     m = sealed.manifest
-    env = _container_env(sealed, allow_no_kms) | {"AWS_LWA_READINESS_CHECK_PATH": "/readyz", "AWS_LWA_PORT": "3000"}
+    # The image (bentoedge containerize --target lambda) enters through awslambdaric and the
+    # handler, which reads the model and settings from this environment.
+    env = _container_env(sealed, allow_no_kms) | {"BENTOEDGE_HOME": "/tmp/bentoedge"}
     d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env)
     result = deploy_lambda(d, Clients(endpoint_url, region), say=click.echo)
     if result.changed:

@@ -25,6 +25,7 @@ All settings come from the environment (``cloud.service_core`` lists them).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,42 @@ def _resolve_tag(spec: str | None) -> str | None:
         return name  # let BentoML resolve it (e.g. inside a Bento, whose store is its own)
 
 
-MODEL_TAG = _resolve_tag(SETTINGS.model)
+def _bento_argument() -> str | None:
+    """The model a Bento was built for: ``bentoedge bento`` records it as the Bento argument
+    ``model``, and BentoML sets a Bento's arguments before it imports the service, under
+    ``bentoml build``, ``bentoml serve TAG`` and in a container alike."""
+    value = getattr(bentoml.use_arguments(), "model", None)
+    return str(value) if value else None
+
+
+def _building_a_bento() -> bool:
+    """Whether this import is ``bentoml build`` making a Bento of the service."""
+    return len(sys.argv) > 1 and sys.argv[1] == "build" and Path(sys.argv[0]).name in ("bentoml", "__main__.py")
+
+
+MODEL_TAG = _resolve_tag(SETTINGS.model or _bento_argument())
+if MODEL_TAG is None and _building_a_bento():
+    # A Bento without its sealed model would build "successfully" and never serve.
+    raise bentoml.exceptions.BentoMLException(
+        "bentoedge: a Bento needs its sealed model: run `bentoedge bento NAME:VERSION`, or set "
+        "BENTOEDGE_MODEL=name:version for `bentoml build`")
+
+
+def _stop_the_server() -> bool:
+    """Take the whole ``bentoml serve`` down with a worker that will not serve: its arbiter
+    would otherwise start the worker again every few seconds, logging the same refusal for
+    as long as it is left running, and /readyz would never answer.  True when it was told."""
+    import signal
+
+    parent = os.getppid()
+    try:
+        cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:  # not Linux: the arbiter's restarts are the price there
+        return False
+    if b"bentoml" not in cmdline or b"serve" not in cmdline:
+        return False
+    os.kill(parent, signal.SIGTERM)
+    return True
 
 
 def _current() -> SealedService:
@@ -109,6 +145,9 @@ class SealedService:
         except BentoEdgeError as exc:
             # One line that says why; the worker then exits and the server never becomes ready.
             logger.error("bentoedge: refusing to serve %s: %s", MODEL_TAG, exc)
+            if _stop_the_server():
+                sys.stderr.flush()
+                os._exit(3)  # at once: an exception here would only add the server's tracebacks
             raise SystemExit(3) from None
         manifest = sealed.manifest
         self.name, self.version, self.signature = manifest.name, manifest.version, manifest.signature
