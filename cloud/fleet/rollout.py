@@ -35,8 +35,9 @@ The rules, each checked in this order at every step of a soaking wave:
 3. Advance when at least ``need`` devices are healthy (the last wave: done).
 4. *Quiet devices must not stall it*: a device is quiet when its latest report is older than
    ``quiet_after_s``, and a quiet device that never touched the version is not expected, so
-   ``need`` shrinks with it.  A wave with no expected device at all advances after its soak.
-   And at ``wave_timeout_s`` after its publication a wave decides on what it has: abort when
+   ``need`` shrinks with it.  A wave with no expected device advances after its soak, as long
+   as some device of the model reports at all (an empty or wrong fleet store is no evidence:
+   it waits, then aborts at the timeout).  And at ``wave_timeout_s`` after its publication a wave decides on what it has: abort when
    the failure share is over the threshold or no device reported healthy, advance otherwise.
    So no wave waits longer than its timeout for devices that went silent or never poll.
 """
@@ -178,6 +179,7 @@ class WaveView:
     pending: int = 0
     failed: int = 0
     quiet: int = 0  # devices of the model whose latest report is older than quiet_after_s
+    live: int = 0  # devices of the model that are not quiet
     causes: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -220,13 +222,14 @@ def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
     ``cohort`` is the device's selection bucket (``edge.sync.select.cohort``, the code the
     devices run), so the controller expects exactly the devices the channel offers it to.
     """
-    expected = touched = healthy = pending = failed = quiet = 0
+    expected = touched = healthy = pending = failed = quiet = live_n = 0
     causes: dict[str, int] = {}
     for r in reports:
         if r.model != plan.model:
             continue
         live = now - r.sent_at <= plan.quiet_after_s
         quiet += not live
+        live_n += live
         v = verdict(r, plan)
         if v is None:
             expected += live and cohort(r.device_id, plan.model) < rollout
@@ -241,7 +244,7 @@ def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
             healthy += 1
         else:
             pending += 1
-    return WaveView(expected, touched, healthy, pending, failed, quiet, causes)
+    return WaveView(expected, touched, healthy, pending, failed, quiet, live_n, causes)
 
 
 # ---- the decision ---------------------------------------------------------------------------
@@ -278,9 +281,9 @@ def decide(state: State, view: WaveView, now: float) -> Action:
     if elapsed < plan.soak_s:
         return Action("wait", f"{label}: soaking, {plan.soak_s - elapsed:.0f} s left "
                               f"({view.healthy} healthy, {view.failed} failed of {view.touched})")
-    if view.expected == 0:
+    if view.expected == 0 and view.live > 0:
         return _advance(plan, state.wave, f"{label}: no live device is in this wave's cohort")
-    if view.healthy >= n and not over:
+    if view.healthy >= max(n, 1) and not over:
         return _advance(plan, state.wave, f"{label}: {view.healthy} devices healthy for {plan.soak_s:.0f} s")
     if elapsed >= plan.timeout_s:
         if over:

@@ -68,7 +68,9 @@ def test_rules_in_order() -> None:
     act = ro.decide(soaking(), good, 150.0)
     assert (act.kind, act.wave, act.rollout) == ("publish", 1, 10)
     assert ro.decide(soaking(wave=3), good, 150.0).kind == "done"
-    assert ro.decide(soaking(), ro.WaveView(), 150.0).kind == "publish"  # nobody in the cohort
+    assert ro.decide(soaking(), ro.WaveView(live=50), 150.0).kind == "publish"  # nobody in the cohort
+    assert ro.decide(soaking(), ro.WaveView(), 150.0).kind == "wait"  # nobody reports at all: no evidence
+    assert ro.decide(soaking(), ro.WaveView(), PLAN.timeout_s).kind == "abort"
     half = ro.WaveView(expected=100, touched=5, healthy=5)
     assert ro.decide(soaking(), half, 150.0).kind == "wait"
     assert ro.decide(soaking(), half, PLAN.timeout_s).kind == "publish"  # timeout: quiet ones are not waited for
@@ -90,9 +92,11 @@ def test_state_round_trip_and_malformed() -> None:
 # ---- properties -----------------------------------------------------------------------------------
 
 views = st.builds(
-    lambda e, t, h, f, q: ro.WaveView(expected=max(e, t), touched=t, healthy=min(h, t - min(f, t)),
-                                      pending=t - min(f, t) - min(h, t - min(f, t)), failed=min(f, t), quiet=q),
-    st.integers(0, 200), st.integers(0, 200), st.integers(0, 200), st.integers(0, 40), st.integers(0, 50))
+    lambda e, t, h, f, q, v: ro.WaveView(expected=max(e, t), touched=t, healthy=min(h, t - min(f, t)),
+                                         pending=t - min(f, t) - min(h, t - min(f, t)), failed=min(f, t), quiet=q,
+                                         live=max(v, e, t)),
+    st.integers(0, 200), st.integers(0, 200), st.integers(0, 200), st.integers(0, 40), st.integers(0, 50),
+    st.integers(0, 300))
 plans = st.builds(lambda w, soak, rate, n: ro.Plan("digits", "v2", waves=w, soak_s=soak, max_failure_rate=rate,
                                                    min_devices=n),
                   st.sampled_from([(100,), (1, 100), (1, 10, 50, 100), (5, 25, 100)]),
@@ -149,11 +153,11 @@ def _fleet_view(plan: ro.Plan, state: ro.State, n: int, quiet: int) -> ro.WaveVi
     pct = state.rollout
     taking = n * pct // 100
     live_taking = max(0, taking - quiet * pct // 100)
-    return ro.WaveView(expected=live_taking, touched=live_taking, healthy=live_taking, quiet=quiet)
+    return ro.WaveView(expected=live_taking, touched=live_taking, healthy=live_taking, quiet=quiet, live=n - quiet)
 
 
 @settings(max_examples=100, deadline=None)
-@given(plans, st.integers(0, 5000), st.integers(0, 100))
+@given(plans, st.integers(1, 5000), st.integers(0, 50))
 def test_a_good_fleet_reaches_100_percent(plan: ro.Plan, n: int, quiet_pct: int) -> None:
     state, now = ro.start(plan, 0.0), 0.0
     quiet = n * quiet_pct // 100
