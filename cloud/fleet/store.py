@@ -3,9 +3,12 @@
 It sits on the channel's ``Storage`` (``cloud.channel.storage``): a local folder by default
 (``$BENTOEDGE_HOME/fleet``), or an S3 prefix at scale (``s3://bucket/prefix``).  Layout:
 
-    devices/<device id>/latest.json               the newest accepted envelope, as received
-    devices/<device id>/history/<seq:020d>.json   the last ``history`` envelopes (oldest pruned)
-    rollouts/<model>.json                          a rollout's state (``rollout.State``)
+    latest/<device id>.json                  the newest accepted envelope, as received
+    history/<device id>/<seq:020d>.json      the last ``history`` envelopes (oldest pruned)
+    rollouts/<model>.json                    a rollout's state (``rollout.State``)
+
+The latest reports sit apart from the history so that reading the whole fleet is one
+listing of ``latest/`` (one S3 LIST per 1,000 devices) and one GET per device.
 
 What it keeps:
 
@@ -42,9 +45,9 @@ from bentoedge.cloud.fleet.report import DEVICE_ID_RE, Report, SignedReport, is_
 
 log = logging.getLogger("bentoedge.fleet")
 
-DEVICES = "devices"
+LATEST = "latest"
+HISTORY = "history"
 ROLLOUTS = "rollouts"
-LATEST = "latest.json"
 #: Envelopes kept per device besides the latest.
 DEFAULT_HISTORY = 20
 
@@ -80,10 +83,16 @@ class FleetStore:
     # ---- reports ----------------------------------------------------------------------------
 
     @staticmethod
-    def _dev(device_id: str) -> str:
+    def _check(device_id: str) -> str:
         if not DEVICE_ID_RE.match(device_id):
             raise UsageError(f"device id {device_id!r}: letters, digits, '.', '_' or '-' (max 128)")
-        return f"{DEVICES}/{device_id}"
+        return device_id
+
+    def _latest_key(self, device_id: str) -> str:
+        return f"{LATEST}/{self._check(device_id)}.json"
+
+    def _history_prefix(self, device_id: str) -> str:
+        return f"{HISTORY}/{self._check(device_id)}"
 
     def put_report(self, signed: SignedReport) -> bool:
         """Store a checked report; False (nothing written) when it is not newer than the stored one."""
@@ -91,23 +100,27 @@ class FleetStore:
         if parsed.report != signed.report:
             raise FormatError("the envelope's bytes do not hold the report they came with")
         report = parsed.report
-        base = self._dev(report.device_id)
         current = self.latest(report.device_id)
         if not is_newer(report, current.report if current else None):
             return False
-        self.storage.put(f"{base}/history/{report.seq:020d}.json", signed.envelope)
-        self.storage.put(f"{base}/{LATEST}", signed.envelope)
-        self._prune(base)
+        history = self._history_prefix(report.device_id)
+        self.storage.put(f"{history}/{report.seq:020d}.json", signed.envelope)
+        self.storage.put(self._latest_key(report.device_id), signed.envelope)
+        self._prune(history)
         return True
 
-    def _prune(self, base: str) -> None:
-        entries = self.storage.list(f"{base}/history")
+    def _under(self, folder: str) -> list[str]:
+        # An S3 listing is by string prefix: "history/dev-1" also lists "history/dev-10/...".
+        return [k for k in self.storage.list(folder) if k.startswith(folder + "/")]
+
+    def _prune(self, history: str) -> None:
+        entries = self._under(history)
         for key in entries[:-self.history_size]:
             self.storage.delete(key)
 
     def latest(self, device_id: str) -> SignedReport | None:
         """The device's latest stored report; None when there is none or it cannot be read."""
-        key = f"{self._dev(device_id)}/{LATEST}"
+        key = self._latest_key(device_id)
         data = self.storage.get(key)
         if data is None:
             return None
@@ -118,19 +131,20 @@ class FleetStore:
             return None
 
     def device_ids(self) -> list[str]:
-        """Every device with a latest report (one listing of the store's devices folder)."""
+        """Every device with a latest report (one listing of ``latest/``)."""
         out = []
-        for key in self.storage.list(DEVICES):
-            parts = key.split("/")
-            if len(parts) == 3 and parts[2] == LATEST and DEVICE_ID_RE.match(parts[1]):
-                out.append(parts[1])
+        for key in self._under(LATEST):
+            name = key.split("/", 1)[1] if key.count("/") == 1 else ""
+            device_id = name.removesuffix(".json")
+            if name.endswith(".json") and DEVICE_ID_RE.match(device_id):
+                out.append(device_id)
         return out
 
     def latest_all(self, model: str | None = None) -> Listing:
         """The latest report of every device (of ``model``, when given)."""
         out = Listing()
         for device_id in self.device_ids():
-            key = f"{DEVICES}/{device_id}/{LATEST}"
+            key = self._latest_key(device_id)
             data = self.storage.get(key)
             if data is None:
                 continue  # deleted since the listing
@@ -146,7 +160,7 @@ class FleetStore:
     def history(self, device_id: str) -> Listing:
         """The device's stored reports, oldest first."""
         out = Listing()
-        for key in self.storage.list(f"{self._dev(device_id)}/history"):
+        for key in self._under(self._history_prefix(device_id)):
             data = self.storage.get(key)
             if data is None:
                 continue
@@ -193,5 +207,5 @@ class FleetStore:
         self.storage.put(self._rollout_key(model), canonical_json(doc))
 
     def rollout_models(self) -> list[str]:
-        return sorted(k.split("/", 1)[1].removesuffix(".json") for k in self.storage.list(ROLLOUTS)
+        return sorted(k.split("/", 1)[1].removesuffix(".json") for k in self._under(ROLLOUTS)
                       if k.endswith(".json"))

@@ -29,6 +29,8 @@ def _exercise(store: FleetStore) -> None:
     for seq in range(1, 8):
         assert store.put_report(signed(make_report(seq=seq, sent_at=1000.0 + seq), KEY))
     assert store.put_report(signed(make_report("dev-2", seq=1, model="other"), KEY))
+    for seq in range(1, 5):  # "dev-1" is a string prefix of "dev-10": S3 lists both under history/dev-1
+        assert store.put_report(signed(make_report("dev-10", seq=seq, model="other"), KEY))
     latest = store.latest("dev-1")
     assert latest is not None and latest.report.seq == 7
     # A replay, and a late report, are ignored and change nothing.
@@ -36,9 +38,10 @@ def _exercise(store: FleetStore) -> None:
     assert not store.put_report(signed(make_report(seq=3), KEY))
     assert store.latest("dev-1").report.seq == 7  # type: ignore[union-attr]
     assert [r.seq for r in store.history("dev-1").reports] == [5, 6, 7]  # bounded at 3
-    assert sorted(store.device_ids()) == ["dev-1", "dev-2"]
+    assert [r.seq for r in store.history("dev-10").reports] == [2, 3, 4]
+    assert sorted(store.device_ids()) == ["dev-1", "dev-10", "dev-2"]
     assert [r.device_id for r in store.latest_all("digits").reports] == ["dev-1"]
-    assert len(store.latest_all().reports) == 2
+    assert len(store.latest_all().reports) == 3
     # Rollout state: revisions guard against two writers.
     assert store.rollout("digits") is None
     store.save_rollout("digits", {"revision": 1, "phase": "pending"}, None)
@@ -56,7 +59,7 @@ def test_default_store_lives_under_bentoedge_home(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BENTOEDGE_HOME", str(tmp_path))
     store = open_fleet_store()
     store.put_report(signed(make_report(), KEY))
-    assert (tmp_path / "fleet" / "devices" / "dev-1" / "latest.json").exists()
+    assert (tmp_path / "fleet" / "latest" / "dev-1.json").exists()
 
 
 def test_s3_store_against_moto_server(aws_env: str) -> None:
@@ -65,7 +68,7 @@ def test_s3_store_against_moto_server(aws_env: str) -> None:
     boto3.client("s3").create_bucket(Bucket="fleet-store")
     _exercise(open_fleet_store("s3://fleet-store/prod/fleet", history=3))
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="fleet-store")["Contents"]]
-    assert "prod/fleet/devices/dev-1/latest.json" in keys and "prod/fleet/rollouts/digits.json" in keys
+    assert "prod/fleet/latest/dev-1.json" in keys and "prod/fleet/rollouts/digits.json" in keys
 
 
 def test_bad_reports_never_reach_the_store(tmp_path: Path) -> None:
@@ -79,10 +82,10 @@ def test_bad_reports_never_reach_the_store(tmp_path: Path) -> None:
         store.put_report(rp.SignedReport(make_report(seq=5), other.envelope))
     assert store.latest("dev-1") == good
     # A latest.json damaged behind the store's back is skipped by readers and reported, never raised.
-    (tmp_path / "devices" / "dev-1" / "latest.json").write_bytes(b"{half")
+    (tmp_path / "latest" / "dev-1.json").write_bytes(b"{half")
     assert store.latest("dev-1") is None
     listing = store.latest_all()
-    assert listing.reports == [] and "devices/dev-1/latest.json" in listing.problems[0]
+    assert listing.reports == [] and "latest/dev-1.json" in listing.problems[0]
 
 
 class CrashingStorage(FolderStorage):
