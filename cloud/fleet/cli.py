@@ -149,7 +149,7 @@ def step(store: FleetStore, model: str, now: float, ops: ChannelOps = REAL_OPS,
     if state.terminal:
         return ro.decide(state, ro.WaveView(), now), state
     plan = state.plan
-    view = ro.observe(store.latest_all(model).reports, plan, state.rollout, now)
+    view = ro.observe(store.latest_all(model).reports, plan, state.rollout, now, state.previous_rollout)
     action = ro.decide(state, view, now)
     intent = ro.begin(state, action, now)
     if intent is not state:

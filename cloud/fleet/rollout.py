@@ -32,10 +32,14 @@ The rules, each checked in this order at every step of a soaking wave:
 1. Abort when at least ``need`` devices touched the version and the failure share is over
    ``max_failure_rate`` (``need`` = min(``min_devices``, the wave's expected devices)).
 2. Wait until ``soak_s`` has passed since the wave was published.
-3. Advance when at least ``need`` devices are healthy (the last wave: done).
+3. Advance when at least ``wave_need`` of the devices this wave added are healthy (the last
+   wave: done).  The wave's own devices are those whose cohort is at or above the previous
+   wave's percentage, so devices of earlier waves, long healthy, do not vouch for a wave whose
+   devices have not soaked yet; ``wave_need`` = min(``min_devices``, the live devices the wave
+   added).
 4. *Quiet devices must not stall it*: a device is quiet when its latest report is older than
    ``quiet_after_s``, and a quiet device that never touched the version is not expected, so
-   ``need`` shrinks with it.  A wave with no expected device advances after its soak, as long
+   ``need`` and ``wave_need`` shrink with it.  A wave that adds no live device advances after its soak, as long
    as some device of the model reports at all (an empty or wrong fleet store is no evidence:
    it waits, then aborts at the timeout).  And at ``wave_timeout_s`` after its publication a wave decides on what it has: abort when
    the failure share is over the threshold or no device reported healthy, advance otherwise.
@@ -127,6 +131,11 @@ class State:
         """The percentage the channel offers now (0 before the first confirmed wave)."""
         return self.plan.waves[self.wave] if self.wave >= 0 else 0
 
+    @property
+    def previous_rollout(self) -> int:
+        """The percentage of the wave before the current one (0 for the first)."""
+        return self.plan.waves[self.wave - 1] if self.wave >= 1 else 0
+
     def to_dict(self) -> dict[str, Any]:
         p = self.plan
         return {"format": FORMAT, "revision": self.revision, "phase": self.phase, "wave": self.wave,
@@ -180,6 +189,8 @@ class WaveView:
     failed: int = 0
     quiet: int = 0  # devices of the model whose latest report is older than quiet_after_s
     live: int = 0  # devices of the model that are not quiet
+    new_expected: int = 0  # of ``expected``, those the wave added (cohort >= the previous wave's %)
+    new_healthy: int = 0  # of ``healthy``, those the wave added
     causes: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -215,14 +226,15 @@ def verdict(report: Report, plan: Plan) -> tuple[str, str] | None:
     return None
 
 
-def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
+def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float, previous: int = 0,
             cohort: Callable[[str, str], int] = device_cohort) -> WaveView:
-    """Count the devices of ``plan.model`` for a wave at ``rollout`` percent.
+    """Count the devices of ``plan.model`` for a wave at ``rollout`` percent whose previous
+    wave was at ``previous`` percent.
 
     ``cohort`` is the device's selection bucket (``edge.sync.select.cohort``, the code the
     devices run), so the controller expects exactly the devices the channel offers it to.
     """
-    expected = touched = healthy = pending = failed = quiet = live_n = 0
+    expected = touched = healthy = pending = failed = quiet = live_n = new_expected = new_healthy = 0
     causes: dict[str, int] = {}
     for r in reports:
         if r.model != plan.model:
@@ -231,10 +243,14 @@ def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
         quiet += not live
         live_n += live
         v = verdict(r, plan)
+        c = cohort(r.device_id, plan.model)
+        added = previous <= c < rollout
         if v is None:
-            expected += live and cohort(r.device_id, plan.model) < rollout
+            expected += live and c < rollout
+            new_expected += live and added
             continue
         expected += 1
+        new_expected += added
         touched += 1
         kind, cause = v
         if kind == "failed":
@@ -242,9 +258,10 @@ def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
             causes[cause] = causes.get(cause, 0) + 1
         elif kind == "healthy":
             healthy += 1
+            new_healthy += added
         else:
             pending += 1
-    return WaveView(expected, touched, healthy, pending, failed, quiet, live_n, causes)
+    return WaveView(expected, touched, healthy, pending, failed, quiet, live_n, new_expected, new_healthy, causes)
 
 
 # ---- the decision ---------------------------------------------------------------------------
@@ -253,6 +270,11 @@ def observe(reports: Iterable[Report], plan: Plan, rollout: int, now: float,
 def need(plan: Plan, view: WaveView) -> int:
     """Devices a wave must hear from: ``min_devices``, or fewer when fewer are expected."""
     return min(plan.min_devices, view.expected)
+
+
+def wave_need(plan: Plan, view: WaveView) -> int:
+    """Devices the wave added that must report healthy: ``min_devices``, or fewer when fewer are live."""
+    return min(plan.min_devices, view.new_expected)
 
 
 def decide(state: State, view: WaveView, now: float) -> Action:
@@ -281,20 +303,21 @@ def decide(state: State, view: WaveView, now: float) -> Action:
     if elapsed < plan.soak_s:
         return Action("wait", f"{label}: soaking, {plan.soak_s - elapsed:.0f} s left "
                               f"({view.healthy} healthy, {view.failed} failed of {view.touched})")
-    if view.expected == 0 and view.live > 0:
-        return _advance(plan, state.wave, f"{label}: no live device is in this wave's cohort")
-    if view.healthy >= max(n, 1) and not over:
-        return _advance(plan, state.wave, f"{label}: {view.healthy} devices healthy for {plan.soak_s:.0f} s")
+    wn = wave_need(plan, view)
+    if view.new_expected == 0 and view.live > 0 and not over:
+        return _advance(plan, state.wave, f"{label}: the wave added no live device")
+    if view.new_healthy >= max(wn, 1) and not over:
+        return _advance(plan, state.wave, f"{label}: {view.new_healthy} of its devices healthy for {plan.soak_s:.0f} s")
     if elapsed >= plan.timeout_s:
         if over:
             return Action("abort", f"{label}: at the wave timeout {view.failed} of {view.touched} devices failed "
                                    f"({share:.1%} > {plan.max_failure_rate:.1%}; {_causes(view)})")
-        if view.healthy == 0:
-            return Action("abort", f"{label}: no device reported {plan.tag} healthy within the wave timeout "
-                                   f"({plan.timeout_s:.0f} s; {view.touched} took it)")
-        return _advance(plan, state.wave, f"{label}: wave timeout, {view.healthy} healthy of {view.touched} "
+        if view.new_healthy == 0:
+            return Action("abort", f"{label}: none of its devices reported {plan.tag} healthy within the wave "
+                                   f"timeout ({plan.timeout_s:.0f} s; {view.touched} took it)")
+        return _advance(plan, state.wave, f"{label}: wave timeout, {view.new_healthy} of its devices healthy "
                                           f"({view.quiet} devices quiet are not waited for)")
-    return Action("wait", f"{label}: {view.healthy} of {n} devices healthy so far "
+    return Action("wait", f"{label}: {view.new_healthy} of {wn} of its devices healthy so far "
                           f"({view.failed} failed, {view.pending} pending, {view.quiet} quiet)")
 
 

@@ -54,6 +54,8 @@ def test_observe_counts_the_wave_by_the_devices_cohort() -> None:
     from bentoedge.edge.sync.select import cohort
 
     assert view.expected == sum(cohort(f"d{i}", "digits") < 10 for i in range(200)) and view.touched == 0
+    wave2 = ro.observe(reports, PLAN, 10, now=1000.0, previous=1)
+    assert wave2.new_expected == sum(1 <= cohort(f"d{i}", "digits") < 10 for i in range(200))
     quiet = ro.observe(reports, PLAN, 10, now=1000.0 + PLAN.quiet_after_s + 1)
     assert quiet.expected == 0 and quiet.quiet == 200
 
@@ -63,18 +65,20 @@ def test_rules_in_order() -> None:
     assert ro.decide(soaking(), bad, 10.0).kind == "abort"  # 10% of 20 > 5%: at once, soak or not
     few = ro.WaveView(expected=100, touched=10, pending=9, failed=1)
     assert ro.decide(soaking(), few, 10.0).kind == "wait"  # under min devices: no verdict yet
-    good = ro.WaveView(expected=100, touched=40, healthy=40)
+    good = ro.WaveView(expected=100, touched=40, healthy=40, live=100, new_expected=100, new_healthy=40)
     assert ro.decide(soaking(), good, 50.0).kind == "wait"  # soaking
     act = ro.decide(soaking(), good, 150.0)
     assert (act.kind, act.wave, act.rollout) == ("publish", 1, 10)
     assert ro.decide(soaking(wave=3), good, 150.0).kind == "done"
     assert ro.decide(soaking(), ro.WaveView(live=50), 150.0).kind == "publish"  # nobody in the cohort
+    old = ro.WaveView(expected=100, touched=40, healthy=40, live=100, new_expected=90, new_healthy=5)
+    assert ro.decide(soaking(wave=1), old, 150.0).kind == "wait"  # earlier waves do not vouch for this one
     assert ro.decide(soaking(), ro.WaveView(), 150.0).kind == "wait"  # nobody reports at all: no evidence
     assert ro.decide(soaking(), ro.WaveView(), PLAN.timeout_s).kind == "abort"
-    half = ro.WaveView(expected=100, touched=5, healthy=5)
+    half = ro.WaveView(expected=100, touched=5, healthy=5, live=100, new_expected=100, new_healthy=5)
     assert ro.decide(soaking(), half, 150.0).kind == "wait"
     assert ro.decide(soaking(), half, PLAN.timeout_s).kind == "publish"  # timeout: quiet ones are not waited for
-    none = ro.WaveView(expected=100, touched=5, pending=5)
+    none = ro.WaveView(expected=100, touched=5, pending=5, live=100, new_expected=100)
     assert ro.decide(soaking(), none, PLAN.timeout_s).kind == "abort"
 
 
@@ -92,11 +96,12 @@ def test_state_round_trip_and_malformed() -> None:
 # ---- properties -----------------------------------------------------------------------------------
 
 views = st.builds(
-    lambda e, t, h, f, q, v: ro.WaveView(expected=max(e, t), touched=t, healthy=min(h, t - min(f, t)),
-                                         pending=t - min(f, t) - min(h, t - min(f, t)), failed=min(f, t), quiet=q,
-                                         live=max(v, e, t)),
+    lambda e, t, h, f, q, v, ne, nh: ro.WaveView(
+        expected=max(e, t), touched=t, healthy=min(h, t - min(f, t)), pending=t - min(f, t) - min(h, t - min(f, t)),
+        failed=min(f, t), quiet=q, live=max(v, e, t), new_expected=min(ne, max(e, t)),
+        new_healthy=min(nh, ne, h, t - min(f, t))),
     st.integers(0, 200), st.integers(0, 200), st.integers(0, 200), st.integers(0, 40), st.integers(0, 50),
-    st.integers(0, 300))
+    st.integers(0, 300), st.integers(0, 200), st.integers(0, 200))
 plans = st.builds(lambda w, soak, rate, n: ro.Plan("digits", "v2", waves=w, soak_s=soak, max_failure_rate=rate,
                                                    min_devices=n),
                   st.sampled_from([(100,), (1, 100), (1, 10, 50, 100), (5, 25, 100)]),
@@ -150,10 +155,11 @@ def test_publishes_each_wave_once_in_order_and_abort_is_terminal(
 
 
 def _fleet_view(plan: ro.Plan, state: ro.State, n: int, quiet: int) -> ro.WaveView:
-    pct = state.rollout
-    taking = n * pct // 100
-    live_taking = max(0, taking - quiet * pct // 100)
-    return ro.WaveView(expected=live_taking, touched=live_taking, healthy=live_taking, quiet=quiet, live=n - quiet)
+    pct, prev = state.rollout, state.previous_rollout
+    live_taking = (n - quiet) * pct // 100
+    added = live_taking - (n - quiet) * prev // 100
+    return ro.WaveView(expected=live_taking, touched=live_taking, healthy=live_taking, quiet=quiet, live=n - quiet,
+                       new_expected=added, new_healthy=added)
 
 
 @settings(max_examples=100, deadline=None)
