@@ -310,6 +310,73 @@ def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path
     return file
 
 
+def fleet_sim_section(name: str, doc: Mapping[str, Any], md: list[str], body: list[str]) -> None:
+    """bench/fleet_sim.py in words: each rollout scenario's outcome, and the fleet's traffic and store figures.
+
+    Appends to the Markdown lines ``md`` and the HTML pieces ``body``; nothing for another result.
+    """
+    scenarios: Any = doc.get("scenarios")
+    if name != "fleet_sim" or not _is_records(scenarios):
+        return
+    lines = []
+    for s in scenarios:
+        lines.append(f"{s.get('name')}: {s.get('outcome')} at {s.get('final_rollout')}% after "
+                     f"{fmt(s.get('hours_simulated'))} h simulated; {s.get('devices_touched')} of {s.get('devices')} "
+                     f"devices touched the version ({s.get('devices_refused_it')} refused it), "
+                     f"{s.get('quiet_devices')} quiet; {s.get('reason')}")
+    traffic: Any = doc.get("traffic") or {}
+    store: Any = doc.get("store") or {}
+    agg = store.get("aggregate") or {}
+    size: Any = doc.get("report_size") or {}
+    if traffic:
+        lines.append(f"fleet traffic a day at a {fmt(traffic.get('poll_seconds'))} s poll: "
+                     f"{fmt(traffic.get('channel_gets_per_day'))} channel GETs, {fmt(traffic.get('channel_bytes_per_day'))} "
+                     f"bytes; {fmt(traffic.get('report_posts_per_day'))} reports ({fmt(traffic.get('report_bytes_per_day'))} "
+                     f"bytes), {fmt(traffic.get('store_requests_per_day'))} fleet store requests")
+    if agg:
+        lines.append(f"reading and aggregating {agg.get('devices_read')} latest reports: {fmt(agg.get('total_s'))} s "
+                     f"(requests {agg.get('requests')}); report {size.get('payload_bytes')} B, envelope "
+                     f"{size.get('envelope_bytes')} B (bound {size.get('max_envelope_bytes')} B)")
+    title = "Fleet simulation in brief"
+    md += [f"### {title}", "", *[f"- {line}" for line in lines], ""]
+    body.append(f"<h3>{title}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+
+
+def fleet_sim_plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """The rollout timelines of bench/fleet_sim.py: share of the fleet on the new version, and the
+    channel's rollout percentage, against simulated hours, one line pair per scenario."""
+    timelines: Any = doc.get("timelines")
+    if name != "fleet_sim" or not isinstance(timelines, Mapping) or not timelines:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    for i, (scenario, points) in enumerate(sorted(timelines.items())):
+        if not _is_records(points):
+            continue
+        xs = [float(p.get("t_h", 0.0)) for p in points]
+        color = f"C{i}"
+        ax.plot(xs, [100 * float(p.get("on_new_share", 0.0)) for p in points], marker="o", color=color,
+                label=f"{scenario}: % of fleet on it")
+        ax.step(xs, [float(p.get("rollout", 0)) for p in points], where="post", linestyle="--", color=color,
+                alpha=0.6, label=f"{scenario}: rollout %")
+    ax.set_xlabel("simulated hours")
+    ax.set_ylabel("percent")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{name}: rollout waves, {doc.get('devices')} devices", fontsize=9)
+    fig.tight_layout()
+    file = out_dir / f"{name}-rollout-timeline.png"
+    fig.savefig(file, dpi=90)
+    plt.close(fig)
+    return [file]
+
+
 def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     img_dir = out_dir / "report_files"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +405,8 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
                 body += [f"<h3>{html.escape(path)}</h3>", html_table(value)]
         lambda_cold_start_section(name, doc, md, body)
         device_startup_section(name, doc, md, body, img_dir)
-        for img in plots(name, doc, img_dir):
+        fleet_sim_section(name, doc, md, body)
+        for img in plots(name, doc, img_dir) + fleet_sim_plots(name, doc, img_dir):
             rel = f"{img_dir.name}/{img.name}"
             md += [f"![{img.stem}]({rel})", ""]
             body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')

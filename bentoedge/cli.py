@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "deploy": ("bentoedge.cloud.cli", "deploy", "Deploy to SageMaker Serverless or Lambda, update, delete."),
     "channel": ("bentoedge.cloud.channel.cli", "channel", "Create and manage a signed update channel (TUF)."),
     "publish": ("bentoedge.cloud.channel.cli", "publish", "Publish a sealed model's edge artifact to a channel."),
+    "fleet": ("bentoedge.cloud.fleet.cli", "fleet", "What the devices report: versions, health, quiet devices, drift."),
+    "rollout": ("bentoedge.cloud.fleet.cli", "rollout", "Roll a version out in waves that advance or abort from reports."),
     "agent": ("bentoedge.edge.cli", "agent", "The on-device agent: init, run, sync, status."),
     "demo": ("bentoedge.demo", "demo", "Run the whole story on embedded defaults."),
 }
@@ -84,7 +86,7 @@ class LazyGroup(click.Group):
         except ImportError as exc:
             missing = exc.name or str(exc)
             extra = {"bentoedge.bentos.cli": "build", "bentoedge.cloud.cli": "cloud",
-                     "bentoedge.cloud.channel.cli": "cloud", "bentoedge.edge.cli": "edge"}.get(module, "all")
+                     "bentoedge.cloud.channel.cli": "cloud", "bentoedge.cloud.fleet.cli": "cloud", "bentoedge.edge.cli": "edge"}.get(module, "all")
             click.secho(f"error: 'bentoedge {cmd_name}' needs {missing}, which is not installed: "
                         f"pip install 'bentoedge[{extra}]'", fg="red", err=True)
             ctx.exit(2)

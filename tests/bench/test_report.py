@@ -98,3 +98,33 @@ def test_report_tells_device_startup_against_its_goals(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         plot = tmp_path / "report_files" / "device_startup-agent-vs-bare.png"
         assert plot.stat().st_size > 1000 and plot.name in page.read_text()
+
+
+def test_report_has_a_fleet_sim_section_and_timeline_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    results.mkdir()
+    timeline = [{"t_h": 0.0, "rollout": 1, "on_new_share": 0.0}, {"t_h": 0.75, "rollout": 10, "on_new_share": 0.01},
+                {"t_h": 1.5, "rollout": 100, "on_new_share": 1.0}]
+    _write(results, "fleet_sim", {
+        "devices": 1000,
+        "scenarios": [{"name": "good", "outcome": "done", "final_rollout": 100, "hours_simulated": 1.5,
+                       "devices": 1000, "devices_touched": 1000, "devices_refused_it": 0, "quiet_devices": 0,
+                       "reason": "reached 100%"},
+                      {"name": "bad", "outcome": "aborted", "final_rollout": 1, "hours_simulated": 0.25,
+                       "devices": 1000, "devices_touched": 11, "devices_refused_it": 1, "quiet_devices": 0,
+                       "reason": "1 of 11 failed"}],
+        "timelines": {"good": timeline, "bad": timeline[:2]},
+        "traffic": {"poll_seconds": 300.0, "channel_gets_per_day": 312000.0, "channel_bytes_per_day": 1.0e8,
+                    "report_posts_per_day": 96000.0, "report_bytes_per_day": 1.0e8, "store_requests_per_day": 4.0e5},
+        "store": {"aggregate": {"devices_read": 1000, "total_s": 0.1, "requests": {"get": 1000, "list": 1}}},
+        "report_size": {"payload_bytes": 690, "envelope_bytes": 1120, "max_envelope_bytes": 65536},
+    })
+    mod = _report_module()
+    md, page = mod.render(mod.load_results(results), tmp_path)
+    text = md.read_text()
+    assert "### Fleet simulation in brief" in text
+    assert "good: done at 100% after 1.5 h simulated; 1000 of 1000 devices touched" in text
+    assert "bad: aborted at 1%" in text and "reading and aggregating 1000 latest reports" in text
+    assert (tmp_path / "report_files" / "fleet_sim-rollout-timeline.png").stat().st_size > 1000
+    assert "fleet_sim-rollout-timeline.png" in page.read_text()
