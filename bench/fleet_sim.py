@@ -3,7 +3,7 @@
 No sockets and no sleeping: simulated time moves in steps of the report period.  What is
 real: each device picks its version with ``edge.sync.select.choose`` over real
 ``Release`` records (so a wave reaches exactly the ``sha256(model:device_id) % 100 <
-rollout`` cohort), each device's state is a real ``cloud.fleet.report.Report``, and the
+rollout`` cohort), each device's state is a real ``bentos.fleet_report.Report``, and the
 rollout is driven by ``cloud.fleet.rollout`` (``observe``, ``decide``, ``begin``,
 ``confirm_*``), the code ``bentoedge rollout run`` runs.  What is simulated: the channel
 is a list of release records in memory (a publish changes a wave's rollout, an abort
@@ -46,10 +46,10 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from bench._common import write_result  # noqa: E402
+from bentoedge.bentos import fleet_report as rp  # noqa: E402
 from bentoedge.bentos.channel_layout import Release  # noqa: E402
-from bentoedge.cloud.fleet import report as rp  # noqa: E402
+from bentoedge.bentos.drift import Bins, accumulate, empty  # noqa: E402
 from bentoedge.cloud.fleet import rollout as ro  # noqa: E402
-from bentoedge.cloud.fleet.drift import Bins, accumulate, empty  # noqa: E402
 from bentoedge.cloud.fleet.status import summarize  # noqa: E402
 from bentoedge.cloud.fleet.store import DEFAULT_HISTORY, FleetStore  # noqa: E402
 from bentoedge.edge.config import AgentConfig  # noqa: E402

@@ -55,7 +55,7 @@ from typing import Any
 
 from bentoedge.bentos.channel_layout import valid_name
 from bentoedge.bentos.errors import FormatError, UsageError
-from bentoedge.cloud.fleet.report import Report
+from bentoedge.bentos.fleet_report import Report
 from bentoedge.edge.sync.select import cohort as device_cohort
 
 FORMAT = "bentoedge.rollout/1"

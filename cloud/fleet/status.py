@@ -20,8 +20,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from bentoedge.cloud.fleet.drift import drift_level
-from bentoedge.cloud.fleet.report import Report
+from bentoedge.bentos.drift import drift_level
+from bentoedge.bentos.fleet_report import Report
 
 #: How long a device may stay silent before it is listed as quiet (12 default poll periods).
 DEFAULT_QUIET_AFTER_S = 3600.0

@@ -38,10 +38,10 @@ from typing import Any
 
 from bentoedge.bentos.channel_layout import valid_name
 from bentoedge.bentos.errors import FormatError, UsageError
+from bentoedge.bentos.fleet_report import DEVICE_ID_RE, Report, SignedReport, is_newer, read_stored
 from bentoedge.bentos.keystore import default_home
 from bentoedge.bentos.manifest import canonical_json
 from bentoedge.cloud.channel.storage import FolderStorage, Storage, open_storage
-from bentoedge.cloud.fleet.report import DEVICE_ID_RE, Report, SignedReport, is_newer, read_stored
 
 log = logging.getLogger("bentoedge.fleet")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("tensorflow", "onnxruntime", "bentoml", "boto3", "botocore", "onnx", "keras", "tf2onnx")
-PURE_BENTOS = ("errors", "manifest", "api_compat", "aead", "signing", "recipients", "keystore", "sealed", "golden", "api",
+PURE_BENTOS = ("errors", "manifest", "api_compat", "drift", "fleet_report", "aead", "signing", "recipients", "keystore", "sealed", "golden", "api",
                "quality", "datasets", "store", "convert", "convert.common", "convert.sources", "convert.tflite",
                "convert.onnx", "convert.onnx_to_tflite", "convert.onnx2tf_worker", "convert.runners", "build", "health", "runtimes", "runtimes.litert",
                "runtimes.onnxruntime")

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_support import make_report, signed
 from sync_support import seal_tiny
 
+from bentoedge.bentos import fleet_report as rp
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.cli import cli
 from bentoedge.cloud.channel import Channel, repo
-from bentoedge.cloud.fleet import report as rp
 from bentoedge.cloud.fleet.cli import parse_duration
 from bentoedge.cloud.fleet.store import open_fleet_store
 from bentoedge.edge.sync.select import cohort

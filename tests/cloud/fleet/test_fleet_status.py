@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fleet_support import make_report
 
-from bentoedge.cloud.fleet import report as rp
-from bentoedge.cloud.fleet.drift import Bins, accumulate, empty
+from bentoedge.bentos import fleet_report as rp
+from bentoedge.bentos.drift import Bins, accumulate, empty
 from bentoedge.cloud.fleet.status import device_view, summarize
 
 

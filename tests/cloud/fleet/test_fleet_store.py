@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_support import make_report, signed
 
+from bentoedge.bentos import fleet_report as rp
 from bentoedge.bentos.errors import FormatError, UsageError
 from bentoedge.cloud.channel.storage import FolderStorage
-from bentoedge.cloud.fleet import report as rp
 from bentoedge.cloud.fleet.store import FleetStore, open_fleet_store
 
 KEY = Ed25519PrivateKey.generate()
@@ -130,7 +130,7 @@ def test_a_killed_writer_process_leaves_everything_readable(tmp_path: Path) -> N
     script = textwrap.dedent(f"""
         import sys
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})  # tests/, where fleet_support lives
         from fleet_support import make_report, signed
         from bentoedge.cloud.channel.storage import FolderStorage
         from bentoedge.cloud.fleet.store import FleetStore

@@ -9,8 +9,8 @@ from fleet_support import make_report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bentoedge.bentos import fleet_report as rp
 from bentoedge.bentos.errors import FormatError, UsageError
-from bentoedge.cloud.fleet import report as rp
 from bentoedge.cloud.fleet import rollout as ro
 
 PLAN = ro.Plan("digits", "v2", waves=(1, 10, 50, 100), soak_s=100.0, max_failure_rate=0.05, min_devices=20)

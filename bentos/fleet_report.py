@@ -39,9 +39,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bentoedge.bentos.channel_layout import valid_name
+from bentoedge.bentos.drift import MAX_BINS, Bins, InputStats
 from bentoedge.bentos.errors import FormatError, SignatureError
 from bentoedge.bentos.manifest import canonical_json
-from bentoedge.cloud.fleet.drift import MAX_BINS, Bins, InputStats
 
 FORMAT = "bentoedge.fleet-report/1"
 ENVELOPE_FORMAT = "bentoedge.fleet-envelope/1"

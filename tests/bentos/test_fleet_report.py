@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_support import make_report
 
+from bentoedge.bentos import fleet_report as rp
+from bentoedge.bentos.drift import Bins, accumulate, empty
 from bentoedge.bentos.errors import FormatError, SignatureError
-from bentoedge.cloud.fleet import report as rp
-from bentoedge.cloud.fleet.drift import Bins, accumulate, empty
 
 
 def test_round_trip_is_byte_for_byte() -> None:

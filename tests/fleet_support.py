@@ -6,8 +6,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bentoedge.cloud.fleet import report as rp
-from bentoedge.cloud.fleet.drift import Bins, accumulate, empty
+from bentoedge.bentos import fleet_report as rp
+from bentoedge.bentos.drift import Bins, accumulate, empty
 
 
 def make_report(device_id: str = "dev-1", seq: int = 1, sent_at: float = 1000.0, **kw: Any) -> rp.Report:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bentoedge.bentos import drift
 from bentoedge.bentos.errors import DataError, FormatError
-from bentoedge.cloud.fleet import drift
 
 floats = st.floats(-1e6, 1e6, allow_nan=False)
 
