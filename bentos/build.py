@@ -16,7 +16,8 @@ code use it in tests).  Both go through ``prepare``, which
 4. runs every artifact and the float source on the validation inputs and gates them
    (``bentos.quality``); over budget raises ``QualityGateError`` with the rows, unless
    ``accept_quality``,
-5. records golden samples (a few validation inputs and each artifact's own outputs) per
+5. records the validation data's statistics per input (``extra.reference_stats``, what a
+   device's drift score compares with) and golden samples (a few validation inputs and each artifact's own outputs) per
    target, and returns a ``SealRequest`` that ``bentos.sealed.seal`` writes atomically.
 
 Artifacts run through ``bentos.runtimes`` (via ``convert.tflite_runner``/``onnx_runner``),
@@ -40,6 +41,7 @@ from bentoedge.bentos import quality
 from bentoedge.bentos.api import batch_size
 from bentoedge.bentos.api_compat import API_MAJOR, api_major, breaking_changes, describe
 from bentoedge.bentos.datasets import load_npz, parse_ranges, synthetic_inputs
+from bentoedge.bentos.drift import reference_stats
 from bentoedge.bentos.errors import (
     ConversionError,
     DataError,
@@ -239,6 +241,10 @@ def prepare(opts: BuildOptions, release: int, version: str, progress: Progress |
     extra: dict[str, Any] = {**api, "quality_accepted": True} if bad else dict(api)
     if synthetic is not None:
         extra["synthetic_validation"] = synthetic
+    else:
+        # What devices compare their inputs with (fleet reports carry a drift score per input,
+        # never the inputs); random inputs are no reference for real traffic.
+        extra["reference_stats"] = reference_stats(val)
     req = SealRequest(
         name=opts.name, version=version, release=release, source=src.describe(), signature=sig,
         artifacts=plains, quality=[r.to_dict() for r in rows], golden=golden, extra=extra,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,3 +57,25 @@ def test_reference_and_psi() -> None:
 def test_bad_bins_are_refused(lo: float, hi: float, n: int) -> None:
     with pytest.raises(FormatError):
         drift.Bins(lo, hi, n)
+
+
+def test_a_build_records_its_validation_data_as_the_drift_reference(tmp_path: Path, keys_home: Path) -> None:
+    from bentoedge.bentos.build import BuildOptions, build_to_dir
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", 1, ["N", 2])],
+                         [h.make_tensor_value_info("y", 1, ["N", 2])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).normal(3.0, 2.0, (400, 2)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x)
+    sealed = build_to_dir(BuildOptions(tmp_path / "m.onnx", "relu", keys_home, validation=tmp_path / "val.npz",
+                                       edge=(), cloud=("fp32",)), tmp_path / "out")
+    ref = sealed.manifest.extra["reference_stats"]["x"]
+    assert ref["count"] == x.size and abs(ref["mean"] - float(x.mean())) < 1e-4
+    assert drift.drift_score(drift.accumulate(drift.empty(drift.bins_of(ref)), x), ref) == pytest.approx(0.0, abs=1e-9)
+    shifted = drift.accumulate(drift.empty(drift.bins_of(ref)), x + 3.0)
+    assert drift.drift_score(shifted, ref) > 0.25  # a real shift scores as one
