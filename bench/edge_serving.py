@@ -304,6 +304,35 @@ def overload(sealed: SealedModel, keyring: Keyring, keys_home: Path, x: np.ndarr
     return out
 
 
+def goodput_sweep(sealed: SealedModel, keys_home: Path, x: np.ndarray, requests: int) -> list[dict[str, Any]]:
+    """Closed-loop concurrency 1..64 against the agent (JSON bodies), with the cloud a loopback
+    stub 20 ms away: answered per second, shed (503) share, answered p99 and the share the
+    device forwarded, in edge_only (sheds past its latency budget) and prefer_edge (forwards)."""
+    from bench.cloud_serving import SWEEP, load
+
+    body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), _SlowCloud)
+    stub.daemon_threads = True
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    cloud = f"http://127.0.0.1:{stub.server_address[1]}"
+    points: list[dict[str, Any]] = []
+    try:
+        for mode in ("edge_only", "prefer_edge"):
+            limits = {"max_inflight": 2, "latency_budget_ms": OVERLOAD_BUDGET_MS}
+            with agent_process(sealed, keys_home, cloud=cloud, mode=mode, limits=limits) as port:
+                load(port, "/predict", [body] * 20, 1)  # warm-up
+                for c in SWEEP:
+                    r = load(port, "/predict", [body] * requests, c)
+                    forwarded = r.pop("served_by").get("cloud", 0) / max(1, r["requests"])
+                    r.pop("errors_by_status")
+                    points.append({"system": f"device {mode}", "concurrency": c, **r,
+                                   "forwarded_share": round(forwarded, 4)})
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    return points
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 def bench_model(name: str, model: bytes, tmp: Path, n: int,
@@ -366,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 # keeping time (then the figure says so: capped_at_rps).
                 result["overload"] = overload(sealed, keyring, tmp / f"home-{name}", np.repeat(x, OVERLOAD_BATCH, axis=0),
                                               3.0 if args.quick else 10.0)
+                result["goodput"] = goodput_sweep(sealed, tmp / f"home-{name}", x, 100 if args.quick else 300)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"wrote {write_result('edge_serving', result)} in {result['total_s']} s")
     return 0

@@ -377,6 +377,39 @@ def fleet_sim_plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Pa
     return [file]
 
 
+def goodput_plots(name: str, doc: Mapping[str, Any], img_dir: Path) -> list[Path]:
+    """A result's ``goodput`` records (system, concurrency, goodput_rps, shed_share, ok_p99_ms)
+    as three curves over concurrency, one line per system: answered per second, shed, p99."""
+    points: Any = doc.get("goodput")
+    if not _is_records(points) or not all("concurrency" in p and "system" in p for p in points):
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6))
+    panels = (("goodput_rps", "answered (200) per second", 1.0), ("shed_share", "shed (503) share", 1.0),
+              ("ok_p99_ms", "p99 of the answered (ms)", 1.0))
+    for ax, (key, title, scale) in zip(axes, panels, strict=True):
+        for system in dict.fromkeys(str(p["system"]) for p in points):
+            mine = sorted((p for p in points if str(p["system"]) == system), key=lambda p: float(p["concurrency"]))
+            ax.plot([float(p["concurrency"]) for p in mine], [scale * float(p.get(key) or 0.0) for p in mine],
+                    marker="o", label=system)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: goodput", fontsize=9)
+    fig.tight_layout()
+    file = img_dir / f"{name}-goodput.png"
+    fig.savefig(file, dpi=90)
+    plt.close(fig)
+    return [file]
+
+
 def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     img_dir = out_dir / "report_files"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +439,7 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
         lambda_cold_start_section(name, doc, md, body)
         device_startup_section(name, doc, md, body, img_dir)
         fleet_sim_section(name, doc, md, body)
-        for img in plots(name, doc, img_dir) + fleet_sim_plots(name, doc, img_dir):
+        for img in plots(name, doc, img_dir) + fleet_sim_plots(name, doc, img_dir) + goodput_plots(name, doc, img_dir):
             rel = f"{img_dir.name}/{img.name}"
             md += [f"![{img.stem}]({rel})", ""]
             body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')

@@ -128,3 +128,16 @@ def test_report_has_a_fleet_sim_section_and_timeline_plot(tmp_path: Path) -> Non
     assert "bad: aborted at 1%" in text and "reading and aggregating 1000 latest reports" in text
     assert (tmp_path / "report_files" / "fleet_sim-rollout-timeline.png").stat().st_size > 1000
     assert "fleet_sim-rollout-timeline.png" in page.read_text()
+
+
+def test_report_plots_goodput_curves(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    results.mkdir()
+    curve = [{"system": s, "concurrency": c, "goodput_rps": 100.0 * c if s == "bentoedge" else 80.0 * c,
+              "shed_share": 0.0 if c < 16 else 0.3, "ok_p99_ms": 2.0 * c} for s in ("bentoedge", "peer") for c in (1, 4, 16)]
+    _write(results, "cloud_serving", {"goodput": curve})
+    mod = _report_module()
+    md, page = mod.render(mod.load_results(results), tmp_path)
+    plot = tmp_path / "report_files" / "cloud_serving-goodput.png"
+    assert plot.stat().st_size > 1000 and plot.name in md.read_text() and plot.name in page.read_text()
