@@ -126,14 +126,29 @@ def walk(doc: Mapping[str, Any]) -> Iterable[tuple[str, str, Any]]:
     yield from (("records", path, value) for path, value in records)
 
 
-def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Draw what we recognise; returns the image files written."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt: Any, fig: Any, file: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(file, dpi=90)
+    plt.close(fig)
+    return file
+
+
+def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Draw what we recognise; returns the image files written."""
+    plt = _pyplot()
+    if plt is None:
         return []
     made: list[Path] = []
     for kind, path, value in walk(doc):
@@ -169,10 +184,7 @@ def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
             if len(keys) > 1:
                 ax.legend(fontsize=8)
             ax.set_title(f"{name}: {path}", fontsize=9)
-            fig.tight_layout()
-            file = out_dir / f"{name}-{path.replace('.', '-')}-{keys[0]}.png"
-            fig.savefig(file, dpi=90)
-            plt.close(fig)
+            file = _save(plt, fig, out_dir / f"{name}-{path.replace('.', '-')}-{keys[0]}.png")
             made.append(file)
         dists = [(lab, r["samples_ms"]) for lab, r in zip(labels, value, strict=True)
                  if isinstance(r.get("samples_ms"), list) and r["samples_ms"]]
@@ -183,10 +195,7 @@ def plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ax.set_xticklabels([lab for lab, _ in dists], rotation=30, ha="right", fontsize=8)
             ax.set_ylabel("latency (ms), whiskers p1-p99")
             ax.set_title(f"{name}: {path} latency distribution", fontsize=9)
-            fig.tight_layout()
-            file = out_dir / f"{name}-{path.replace('.', '-')}-dist.png"
-            fig.savefig(file, dpi=90)
-            plt.close(fig)
+            file = _save(plt, fig, out_dir / f"{name}-{path.replace('.', '-')}-dist.png")
             made.append(file)
     return made
 
@@ -279,12 +288,8 @@ def device_startup_section(name: str, doc: Mapping[str, Any], md: list[str], bod
 
 def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path | None:
     """Agent beside bare, per model: cold start (ms) and RSS (MB), each model's goal drawn as a line."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(models) + 4), 3.6))
     for ax, (agent, bare, goal, unit) in zip(axes, (("cold_start_ms", "bare_cold_ms", "cold_goal_ms", "cold start (ms)"),
@@ -303,10 +308,7 @@ def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path
         ax.set_ylim(0, top * 1.35)  # room for the legend above the bars and goals
         ax.legend(fontsize=7, loc="upper left", ncol=3)
     fig.suptitle("device_startup: agent beside the bare runtime", fontsize=9)
-    fig.tight_layout()
-    file = img_dir / "device_startup-agent-vs-bare.png"
-    fig.savefig(file, dpi=90)
-    plt.close(fig)
+    file = _save(plt, fig, img_dir / "device_startup-agent-vs-bare.png")
     return file
 
 
@@ -348,12 +350,8 @@ def fleet_sim_plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Pa
     timelines: Any = doc.get("timelines")
     if name != "fleet_sim" or not isinstance(timelines, Mapping) or not timelines:
         return []
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return []
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     for i, (scenario, points) in enumerate(sorted(timelines.items())):
@@ -370,10 +368,7 @@ def fleet_sim_plots(name: str, doc: Mapping[str, Any], out_dir: Path) -> list[Pa
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=7)
     ax.set_title(f"{name}: rollout waves, {doc.get('devices')} devices", fontsize=9)
-    fig.tight_layout()
-    file = out_dir / f"{name}-rollout-timeline.png"
-    fig.savefig(file, dpi=90)
-    plt.close(fig)
+    file = _save(plt, fig, out_dir / f"{name}-rollout-timeline.png")
     return [file]
 
 
@@ -383,12 +378,8 @@ def goodput_plots(name: str, doc: Mapping[str, Any], img_dir: Path) -> list[Path
     points: Any = doc.get("goodput")
     if not _is_records(points) or not all("concurrency" in p and "system" in p for p in points):
         return []
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return []
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6))
     panels = (("goodput_rps", "answered (200) per second", 1.0), ("shed_share", "shed (503) share", 1.0),
@@ -403,10 +394,7 @@ def goodput_plots(name: str, doc: Mapping[str, Any], img_dir: Path) -> list[Path
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: goodput", fontsize=9)
-    fig.tight_layout()
-    file = img_dir / f"{name}-goodput.png"
-    fig.savefig(file, dpi=90)
-    plt.close(fig)
+    file = _save(plt, fig, img_dir / f"{name}-goodput.png")
     return [file]
 
 

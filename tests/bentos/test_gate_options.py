@@ -4,13 +4,11 @@ accuracy figure; ``--budget`` states an output's metric, and a bad one is refuse
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import one_error, run_cli
 
 from bentoedge.bentos.datasets import parse_ranges, synthetic_inputs
 from bentoedge.bentos.errors import DataError
@@ -51,12 +49,6 @@ def test_random_inputs_stay_in_their_ranges_and_dtypes() -> None:
         synthetic_inputs(SIG, 4, {"image": (0.0, 1.0), "ids": (0.2, 0.8)})
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
-    return subprocess.run([sys.executable, "-m", "bentoedge", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
 @pytest.mark.slow
 def _sigmoid_model(tmp_path: Path) -> Path:
     pytest.importorskip("onnxruntime")
@@ -73,24 +65,16 @@ def _sigmoid_model(tmp_path: Path) -> Path:
     return src
 
 
-def _one_error(res: subprocess.CompletedProcess[str]) -> str:
-    out = res.stdout + res.stderr
-    assert res.returncode in (1, 2) and "Traceback" not in out, out[-2000:]
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, out[-2000:]
-    return errors[0]
-
-
 @pytest.mark.slow
 def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path, tmp_path: Path) -> None:
     src = _sigmoid_model(tmp_path)
     base = ["build", str(src), "--name", "synth", "--edge", "none", "--cloud", "fp32"]
 
-    error = _one_error(_cli(*base))
+    error = one_error(run_cli(*base))
     assert "--validation F.npz" in error and "--synthetic-validation" in error
-    assert _cli("inspect", "synth").returncode != 0  # nothing stored
+    assert run_cli("inspect", "synth").returncode != 0  # nothing stored
 
-    built = _cli(*base, "--synthetic-validation", "-3:3")
+    built = run_cli(*base, "--synthetic-validation", "-3:3")
     assert built.returncode == 0, (built.stdout + built.stderr)[-2000:]
     assert "not a real accuracy figure" in built.stdout
 
@@ -98,7 +82,7 @@ def test_build_without_data_refuses_then_gates_on_stated_ranges(keys_home: Path,
 
     extra = ModelStore().get("synth").manifest.extra
     assert extra["synthetic_validation"]["ranges"] == {"x": [-3.0, 3.0]}
-    inspected = _cli("inspect", "synth")
+    inspected = run_cli("inspect", "synth")
     assert inspected.returncode == 0 and "not a real accuracy figure" in inspected.stdout
 
 
@@ -107,10 +91,10 @@ def test_stated_budgets_gate_and_bad_ones_are_one_line(keys_home: Path, tmp_path
     src = _sigmoid_model(tmp_path)
     base = ["build", str(src), "--name", "budgeted", "--edge", "none", "--cloud", "int8",
             "--synthetic-validation", "-3:3"]
-    assert "'z', which is not an output; the outputs are y" in _one_error(_cli(*base, "--budget", "z=cosine:0.9"))
-    assert "does not fit output 'y'" in _one_error(_cli(*base, "--budget", "y=box_iou:0.9"))
+    assert "'z', which is not an output; the outputs are y" in one_error(run_cli(*base, "--budget", "z=cosine:0.9"))
+    assert "does not fit output 'y'" in one_error(run_cli(*base, "--budget", "y=box_iou:0.9"))
     # int8 weights on a weightless graph change nothing: a zero error budget holds exactly
-    built = _cli(*base, "--budget", "y=max_abs_error:0", "--budget", "y=cosine:0.999")
+    built = run_cli(*base, "--budget", "y=max_abs_error:0", "--budget", "y=cosine:0.999")
     assert built.returncode == 0, (built.stdout + built.stderr)[-2000:]
 
     from bentoedge.bentos.store import ModelStore

@@ -10,14 +10,12 @@ the cloud (tf2onnx converts its main graph only): refused in one line.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from cli_support import one_error, run_cli
 
 pytestmark = pytest.mark.slow
 X = np.linspace(-2, 2, 12, dtype=np.float32).reshape(4, 3)
@@ -48,29 +46,15 @@ def two_signatures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"saved": saved, "tflite": tflite, "val_a": folder / "val-a.npz", "val_b": folder / "val-b.npz"}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
-    return subprocess.run([sys.executable, "-m", "bentoedge", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def _one_error(res: subprocess.CompletedProcess[str]) -> str:
-    out = res.stdout + res.stderr
-    assert res.returncode in (1, 2) and "Traceback" not in out, out[-2000:]
-    errors = [line for line in out.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, out[-2000:]
-    return errors[0]
-
-
 def test_without_signature_the_choices_are_named(two_signatures: dict[str, Path], keys_home: Path) -> None:
     for src in (two_signatures["saved"], two_signatures["tflite"]):
-        error = _one_error(_cli("build", str(src), "--name", "two", "--validation", str(two_signatures["val_a"]),
+        error = one_error(run_cli("build", str(src), "--name", "two", "--validation", str(two_signatures["val_a"]),
                                 "--edge", "fp32", "--cloud", "none"))
         assert "2 signatures ('double', 'negate')" in error and "--signature NAME" in error
-    error = _one_error(_cli("build", str(two_signatures["tflite"]), "--name", "two", "--signature", "square",
+    error = one_error(run_cli("build", str(two_signatures["tflite"]), "--name", "two", "--signature", "square",
                             "--validation", str(two_signatures["val_a"]), "--edge", "fp32", "--cloud", "none"))
     assert "no signature 'square'" in error and "'double', 'negate'" in error
-    assert _cli("inspect", "two").returncode != 0  # nothing stored
+    assert run_cli("inspect", "two").returncode != 0  # nothing stored
 
 
 def _edge_answer(sealed: Any, home: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -113,7 +97,7 @@ def test_a_tflite_signature_runs_on_the_device_and_not_in_the_cloud(two_signatur
     assert art.signature == "negate"  # signed into the manifest: the device runs this one
     assert _edge_answer(sealed, keys_home, X)["negated"].tolist() == (-X).tolist()
 
-    error = _one_error(_cli("build", str(two_signatures["tflite"]), "--name", "negc", "--signature", "negate",
+    error = one_error(run_cli("build", str(two_signatures["tflite"]), "--name", "negc", "--signature", "negate",
                             "--validation", str(two_signatures["val_b"]), "--edge", "none", "--cloud", "fp32"))
     assert "tf2onnx converts only" in error and "--cloud none" in error
 
@@ -121,5 +105,5 @@ def test_a_tflite_signature_runs_on_the_device_and_not_in_the_cloud(two_signatur
 def test_signature_on_a_one_graph_source_is_refused(tmp_path: Path, keys_home: Path) -> None:
     src = tmp_path / "m.onnx"
     src.write_bytes(b"not read")
-    error = _one_error(_cli("build", str(src), "--name", "x", "--signature", "main"))
+    error = one_error(run_cli("build", str(src), "--name", "x", "--signature", "main"))
     assert "has one graph: drop --signature" in error

@@ -10,13 +10,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import one_error, run_cli
 from sync_support import make_device, seal_tiny, signer_pub
 
 from bentoedge.bentos.errors import UsageError
@@ -24,12 +22,6 @@ from bentoedge.cloud.channel import Channel
 from bentoedge.edge.sync import Result
 
 pytestmark = pytest.mark.slow
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
-    return subprocess.run([sys.executable, "-m", "bentoedge", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
 
 
 def _model(path: Path, output: str, dtype: int = 1) -> Path:
@@ -51,20 +43,18 @@ def test_build_refuses_an_undeclared_api_change(keys_home: Path, tmp_path: Path)
     from bentoedge.bentos.store import ModelStore
 
     base = ["--name", "iris", "--edge", "none", "--cloud", "fp32", "--synthetic-validation", "0:1"]
-    assert _cli("build", str(_model(tmp_path / "v1.onnx", "species")), *base).returncode == 0
-    assert _cli("build", str(_model(tmp_path / "v1b.onnx", "species")), *base).returncode == 0  # same API: fine
+    assert run_cli("build", str(_model(tmp_path / "v1.onnx", "species")), *base).returncode == 0
+    assert run_cli("build", str(_model(tmp_path / "v1b.onnx", "species")), *base).returncode == 0  # same API: fine
 
     for path, words in ((_model(tmp_path / "v2.onnx", "output_0"), "output 'species' is gone"),
                         (_model(tmp_path / "v3.onnx", "species", dtype=11), "changed dtype float32 -> float64")):
-        res = _cli("build", str(path), *base)
-        out = res.stdout + res.stderr
-        errors = [line for line in out.splitlines() if line.startswith("error:")]
-        assert res.returncode == 2 and "Traceback" not in out and len(errors) == 1, out[-2000:]
-        assert "would change the API of iris:v2" in errors[0] and words in errors[0]
-        assert "--breaking" in errors[0] and "API major 1 -> 2" in errors[0]
+        res = run_cli("build", str(path), *base)
+        error = one_error(res)
+        assert res.returncode == 2 and "would change the API of iris:v2" in error and words in error
+        assert "--breaking" in error and "API major 1 -> 2" in error
     assert not ModelStore().exists("iris", "v3")  # nothing stored
 
-    declared = _cli("build", str(tmp_path / "v2.onnx"), *base, "--breaking")
+    declared = run_cli("build", str(tmp_path / "v2.onnx"), *base, "--breaking")
     assert declared.returncode == 0, (declared.stdout + declared.stderr)[-2000:]
     extra = ModelStore().get("iris").manifest.extra
     assert extra["api_major"] == 2 and extra["breaking_from"] == "iris:v2"
