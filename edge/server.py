@@ -42,11 +42,12 @@ from bentoedge.bentos.errors import RequestError
 from bentoedge.bentos.openapi import device_document
 from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.breaker import CircuitBreaker
-from bentoedge.edge.cloud_client import CloudClient
+from bentoedge.edge.cloud_client import CloudClient, identity_signer
 from bentoedge.edge.config import AgentConfig
 from bentoedge.edge.gateway import Gateway, MemoryProbe
 from bentoedge.edge.metrics import Metrics
 from bentoedge.edge.router import RouterPolicy
+from bentoedge.edge.state import DeviceState
 
 log = logging.getLogger("bentoedge.agent")
 
@@ -66,7 +67,12 @@ class AgentServer:
         self.metrics = Metrics()
         self.breaker = breaker or CircuitBreaker()
         if cloud is None and config.cloud:
-            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s)
+            identity = DeviceState(config.state_dir).identity_file
+            signer = identity_signer(identity)
+            if signer is None:
+                log.warning("no identity key at %s: fallback calls go unsigned and an authenticating cloud "
+                            "refuses them (bentoedge agent init --force, then channel enroll --identity)", identity)
+            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s, signer=signer)
         self.gateway = Gateway(active, RouterPolicy.from_config(config), cloud, self.breaker, self.metrics,
                                request_timeout_s=config.cloud_timeout_s,
                                memory=memory or MemoryProbe(), max_body=max_body)
