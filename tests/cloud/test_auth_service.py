@@ -11,7 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,3 +215,44 @@ def test_an_unreachable_channel_keeps_the_last_good_registry(world: World) -> No
         assert "keeping the last good copy" in world.log.read_text()
     finally:
         hidden.rename(meta)
+
+
+def _until(check: Callable[[], tuple[int, dict]], timeout: float = 15) -> tuple[int, dict]:
+    """``check()`` again until it is no 401/403 (the registry not refreshed yet) or time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got[0] not in (401, 403) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_a_device_agent_forwards_signed_calls_and_relays_its_revocation(world: World, tmp_path: Path) -> None:
+    from bentoedge.edge.active import ActiveModel
+    from bentoedge.edge.config import AgentConfig
+    from bentoedge.edge.server import AgentServer
+
+    c = Ed25519PrivateKey.generate()
+    (tmp_path / "identity.key").write_bytes(c.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    world.channel.enroll("dev-c", _x25519_pem(), _pem(c))
+    cfg = AgentConfig(device_id="dev-c", channel="file:///nowhere", cloud=world.url, state=str(tmp_path), port=0,
+                      cloud_timeout_s=20)
+    with AgentServer(cfg, ActiveModel()) as srv:  # no model on the device: every request is forwarded
+        def ask() -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            try:
+                conn.request("POST", "/predict", body=BODY, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            finally:
+                conn.close()
+
+        status, body = _until(ask)  # the cloud learns of dev-c at its next registry refresh
+        assert status == 200 and body["served_by"] == "cloud", body
+        world.channel.revoke("dev-c")
+        deadline = time.monotonic() + 15
+        while status == 200 and time.monotonic() < deadline:
+            status, body = ask()
+            time.sleep(0.2)
+        assert status == 403 and "revoked" in body["error"], body
