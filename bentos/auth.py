@@ -27,6 +27,9 @@ A request is let in (``authenticate``) when it carries
 The answer is 401 without usable credentials (none, malformed, a bad signature, a stale
 or replayed one, a body that is not the signed one) and 403 for credentials that are
 well formed but not allowed (an unknown or revoked device, an unknown or revoked API key).
+The replay cache holds at most ``MAX_NONCES`` pairs (about 600 signed requests a second
+sustained over the default window); past that a valid signature gets 503 ``overloaded``
+rather than a cache that forgets.
 """
 
 from __future__ import annotations
@@ -139,6 +142,11 @@ class NonceCache:
     _until: dict[tuple[str, str], float] = field(default_factory=dict)
     _heap: list[tuple[float, tuple[str, str]]] = field(default_factory=list)
 
+    def room(self, now: float) -> bool:
+        """Whether another pair fits once the expired ones are gone."""
+        self._expire(now)
+        return len(self._until) < self.max_entries
+
     def add(self, keyid: str, nonce: str, until: float, now: float) -> bool:
         """Record a pair; False when it is already recorded (a replay) or the cache is full."""
         self._expire(now)
@@ -166,7 +174,7 @@ class NonceCache:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: int  # 200 let in, 401 no usable credentials, 403 not allowed
+    status: int  # 200 let in, 401 no usable credentials, 403 not allowed, 503 replay cache full
     reason: str
     principal: str = ""  # "device:<key id>" or "apikey:<id>"
 
@@ -246,6 +254,10 @@ def _signature(req: Request, devices: Mapping[str, Device], nonces: NonceCache, 
         httpsig.verify(parsed, device.public, req.method, req.path, digest)
     except SignatureError as exc:
         return Verdict(401, str(exc))
+    if not nonces.room(now):
+        # Only verified signatures fill the cache, so this is real load, not an attack on it:
+        # refusing for a moment beats forgetting nonces (which would let replays through).
+        return Verdict(503, "too many signed requests within the replay window; retry shortly")
     if not nonces.add(parsed.keyid, parsed.nonce, parsed.created + window_s + skew_s, now):
         return Verdict(401, "this signature was already used (a replay): sign each request afresh")
     return Verdict(200, "device signature", f"device:{parsed.keyid}")

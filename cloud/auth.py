@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bentoedge.bentos import auth
+from bentoedge.bentos.api import Reply, json_reply
 from bentoedge.bentos.apikeys import ApiKeyStore
 from bentoedge.bentos.channel_layout import DEVICES_TARGET, METADATA_DIR, TARGETS_DIR
 from bentoedge.bentos.errors import ConfigError
@@ -52,8 +53,13 @@ def channel_fetch(url: str, root: bytes, cache: Path) -> Fetch:
     base = url.rstrip("/")
 
     def fetch() -> bytes | None:
-        cache.mkdir(parents=True, exist_ok=True)
-        updater = open_updater(cache, f"{base}/{METADATA_DIR}/", f"{base}/{TARGETS_DIR}/", fetcher, root)
+        where = cache
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home (a Lambda environment): the temporary folder will do
+            where = Path(tempfile.gettempdir()) / "bentoedge-cloud-tuf" / cache.name
+            where.mkdir(parents=True, exist_ok=True)
+        updater = open_updater(where, f"{base}/{METADATA_DIR}/", f"{base}/{TARGETS_DIR}/", fetcher, root)
         updater.refresh()
         info = updater.get_targetinfo(DEVICES_TARGET)
         if info is None:
@@ -164,6 +170,14 @@ class Gate:
         with self._lock:
             return auth.authenticate(auth.Request(method, path, headers, body), self._devices, keys,
                                      self._nonces, self._clock(), self.window_s)
+
+
+def refusal(verdict: auth.Verdict) -> Reply:
+    """A refused request in the contract's JSON: 401 (with WWW-Authenticate), 403, or 503."""
+    if verdict.status == 503:
+        return json_reply(503, {"error": verdict.reason, "reason": "overloaded"}, {"Retry-After": "1"})
+    extra = {"WWW-Authenticate": 'Bearer realm="bentoedge"'} if verdict.status == 401 else {}
+    return json_reply(verdict.status, {"error": verdict.reason}, extra)
 
 
 def gate_from_env(settings: CloudSettings, env: Mapping[str, str] = os.environ) -> Gate:

@@ -69,7 +69,7 @@ from bentoedge.bentos.api import (
 from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
 from bentoedge.bentos.sealed import SealedModel
-from bentoedge.cloud.auth import OPEN_PATHS, Gate, gate_from_env
+from bentoedge.cloud.auth import OPEN_PATHS, Gate, gate_from_env, refusal
 from bentoedge.cloud.service_core import CloudSettings
 from bentoedge.cloud.service_model import Loaded, open_cloud_model
 
@@ -431,8 +431,7 @@ class LambdaHandler:
         if verdict.ok:
             return None
         logger.info("bentoedge: refused %s %s: %d %s", request.method, request.path, verdict.status, verdict.reason)
-        extra = {"WWW-Authenticate": 'Bearer realm="bentoedge"'} if verdict.status == 401 else {}
-        return json_reply(verdict.status, {"error": verdict.reason}, extra)
+        return refusal(verdict)
 
     def _settings(self) -> CloudSettings:
         try:

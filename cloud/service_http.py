@@ -52,7 +52,7 @@ from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature
 from bentoedge.bentos.openapi import TAG, prediction_paths
-from bentoedge.cloud.auth import OPEN_PATHS, Gate
+from bentoedge.cloud.auth import OPEN_PATHS, Gate, refusal
 
 logger = logging.getLogger("bentoml.bentoedge")  # under "bentoml" so `bentoml serve` shows it
 SERVER_KEY = "bentoedge.server"
@@ -218,18 +218,20 @@ class ContractMiddleware:
         method = str(scope.get("method", "GET"))
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(scope.get("path", ""))
-        headers: dict[str, str] = {}
-        for k, v in scope.get("headers", []):
-            name, value = k.decode("latin-1").lower(), v.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         try:
             gate = self.gate()
         except Exception:  # the worker's service is not up: refuse rather than let anyone in
             await _send_asgi(send, json_reply(503, {"error": "the service is starting", "reason": "starting"},
                                               {"Retry-After": "1"}))
             return None
+        if not gate.enabled:
+            return receive
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", []):
+            name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
         body = b""
-        if gate.enabled and credentials(headers) == "signature":
+        if credentials(headers) == "signature":
             try:
                 length = declared_length(method, headers.get("content-length"), headers.get("transfer-encoding"),
                                          self.max_payload)
@@ -242,8 +244,7 @@ class ContractMiddleware:
         verdict = gate.check(method, path, headers, body)
         if not verdict.ok:
             logger.info("bentoedge: refused %s %s: %d %s", method, path, verdict.status, verdict.reason)
-            extra = {"WWW-Authenticate": 'Bearer realm="bentoedge"'} if verdict.status == 401 else {}
-            await _send_asgi(send, json_reply(verdict.status, {"error": verdict.reason}, extra))
+            await _send_asgi(send, refusal(verdict))
             return None
         if not body:
             return receive

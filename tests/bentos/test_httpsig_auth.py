@@ -225,3 +225,13 @@ def test_the_registry_document_round_trips_and_is_strict() -> None:
                 doc.replace(b"false", b"0"), doc.replace(KID.encode(), OTHER_KID.encode(), 1)):
         with pytest.raises(FormatError):
             auth.parse_registry(bad)
+
+
+def test_a_full_replay_cache_is_503_not_forgetting() -> None:
+    cache = auth.NonceCache(max_entries=1)
+    assert _decide(_signed(nonce="a" * 16), nonces=cache).ok
+    v = _decide(_signed(nonce="b" * 16), nonces=cache)
+    assert v.status == 503 and "retry" in v.reason
+    # Once the first pair's window has passed there is room again.
+    later = NOW + auth.DEFAULT_WINDOW_S + auth.DEFAULT_SKEW_S + 1
+    assert _decide(_signed(nonce="b" * 16, created=later), nonces=cache, now=later).ok
