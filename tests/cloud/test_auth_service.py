@@ -256,3 +256,14 @@ def test_a_device_agent_forwards_signed_calls_and_relays_its_revocation(world: W
             status, body = ask()
             time.sleep(0.2)
         assert status == 403 and "revoked" in body["error"], body
+
+
+def test_past_authentication_the_contracts_own_answers_are_unchanged(world: World) -> None:
+    bad = b'{"inputs": {"x": "nope"}}'
+    status, body = _post(world, _signed(world.a, body=bad), bad)  # the body the middleware read reaches the app
+    assert status == 422 and body["input"] == "x", body
+    status, body = _post(world, _signed(world.a, body=b"{"), b"{")
+    assert status == 400, body
+    key, _ = world.keys.create("contract-app")
+    status, body = _post(world, {"Authorization": f"Bearer {key}"}, b'{"inputs": {}}')
+    assert status == 400 and "missing" in body["error"], body
