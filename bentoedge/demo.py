@@ -216,6 +216,8 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
               "--root-sha256", fingerprint, "--force")
         d.cli("channel", "enroll", "demo-device-1", str(state / "device.pub"),
               "--identity", str(state / "identity.pub"), "--channel", channel)
+        # The device API's /status needs the local token agent init wrote.
+        local = {"Authorization": f"Bearer {(state / 'api.token').read_text().strip()}"}
         d.record("channel", True, f"TUF channel at {channel}; device demo-device-1 enrolled with its X25519 key "
                                   "and its Ed25519 identity (in the channel's signed device registry)")
 
@@ -239,7 +241,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
                         extra_env={"BENTOEDGE_AGENT_POLL_SECONDS": "1"})
 
         def active_version() -> str | None:
-            r = http_json(agent_port, "GET", "/status", timeout=2)
+            r = http_json(agent_port, "GET", "/status", timeout=2, headers=local)
             sync = r.body.get("sync") or r.body
             return (r.body.get("model") or {}).get("version") or sync.get("active_version")
 
@@ -309,7 +311,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         seen: list[str] = []
 
         def refused() -> bool:  # every attempt refuses the bytes; none installs them
-            sync = http_json(agent_port, "GET", "/status", timeout=2).body.get("sync") or {}
+            sync = http_json(agent_port, "GET", "/status", timeout=2, headers=local).body.get("sync") or {}
             error = str(sync.get("last_error") or "")
             if f"{MODEL}:v3 is not installed" in error and "LengthOrHashMismatch" in error:
                 seen.append(error)
@@ -328,7 +330,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         r_big = predict(agent_port, np.tile(xs[:1], (64, 1)))
         for _ in range(6):  # enough failed forwards to open the circuit breaker
             r_again = predict(agent_port, np.tile(xs[:1], (64, 1)))
-        breaker = ((http_json(agent_port, "GET", "/status", timeout=5).body.get("cloud") or {}).get("breaker") or {})
+        breaker = ((http_json(agent_port, "GET", "/status", timeout=5, headers=local).body.get("cloud") or {}).get("breaker") or {})
         ok = (r_local.status == 200 and r_local.headers.get("x-bentoedge-served-by") == "edge"
               and r_again.status in (200, 503))
         d.record("offline", ok,

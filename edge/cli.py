@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -152,6 +153,8 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
                                                       serialization.NoEncryption()))
             write_private(pub_file, key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
+    if not st.token_file.exists():  # kept on --force: local programs already use it
+        write_private(st.token_file, secrets.token_urlsafe(32).encode())
     write_private(st.root_file, root, mode=0o644)
     cfg = agent_config.AgentConfig(device_id=device_id or f"dev-{uuid.uuid4().hex[:12]}", channel=channel,
                                    cloud=cloud, state=str(state), port=port, device_class=device_class,
@@ -160,6 +163,7 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
     click.echo(f"device {cfg.device_id} provisioned: config {path}")
     click.echo(f"trusting channel root v{root_version} (verified from the one you gave) and "
                f"{len(trusted)} model signer(s)")
+    click.echo(f"local API token: {st.token_file} (send 'Authorization: Bearer <token>' for /status)")
     click.echo(f"public keys: {st.pub_file} (X25519, model keys), {st.identity_pub_file} (Ed25519, identity)")
     click.echo(f"enroll it on the publisher: bentoedge channel enroll {cfg.device_id} {st.pub_file} "
                f"--identity {st.identity_pub_file} --channel {channel} "

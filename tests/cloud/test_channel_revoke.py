@@ -148,7 +148,7 @@ def test_cli_init_enroll_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                   "--device-id", "d1", "--root-sha256", fingerprint])
     assert r.exit_code == 0, r.output
     assert f"--identity {dev / 'identity.pub'}" in r.output
-    for name in ("device.key", "identity.key"):
+    for name in ("device.key", "identity.key", "api.token"):
         assert oct((dev / name).stat().st_mode & 0o777) == "0o600"
     assert b"BEGIN PRIVATE KEY" in (dev / "identity.key").read_bytes()
     r = run(cli, ["channel", "enroll", "d1", str(dev / "device.pub"), "--identity", str(dev / "identity.pub"),
@@ -164,6 +164,8 @@ def test_cli_init_enroll_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (st["devices"], st["revoked"]) == ([], ["d1"])
     # A second init keeps both keys (the device stays the enrolled one).
     key_before = (dev / "identity.key").read_bytes()
+    token_before = (dev / "api.token").read_bytes()
     r = run(cli, ["agent", "init", "--channel", url, "--cloud", "http://127.0.0.1:9", "--state", str(dev),
                   "--device-id", "d1", "--root-sha256", fingerprint, "--force"])
     assert r.exit_code == 0 and (dev / "identity.key").read_bytes() == key_before, r.output
+    assert (dev / "api.token").read_bytes() == token_before
