@@ -177,7 +177,8 @@ def main() -> None:
                                      service="bench.peer_service:Peer"),
         peer_port, "/predict", lambda x: json.dumps({"x": x.tolist()}).encode(), xs, peer_log)
     edge = bench_server(
-        "bentoedge", lambda: start_server(sealed.manifest.tag, edge_port, log=edge_log),
+        "bentoedge", lambda: start_server(sealed.manifest.tag, edge_port, log=edge_log,
+                                          env={"BENTOEDGE_AUTH": "off"}),
         edge_port, "/predict", lambda x: json.dumps({"inputs": {"x": x.tolist()}}).encode(), xs, edge_log)
 
     ratios = {f"c{c}": {"p50_vs_peer": edge[f"c{c}"]["p50_ms"] / peer[f"c{c}"]["p50_ms"],

@@ -1,8 +1,8 @@
 """``bentoedge demo``: the whole story on one laptop, on embedded defaults.
 
-Build the example into a sealed model, serve it in the "cloud" (``bentoml serve`` on
-loopback), create a folder update channel and a device, publish v1 and watch the device
-take it, predict on the device, overflow it into the cloud, publish v2 under load with
+Build the example into a sealed model, create a folder update channel and a device with its
+own identity, serve the model in the "cloud" (``bentoml serve`` on loopback, letting in only
+the channel's enrolled devices and an API key), publish v1 and watch the device take it, predict on the device, overflow it into the cloud, publish v2 under load with
 zero failures, refuse a tampered v3, and stop the cloud to show what still works.
 
 The demo drives the real command line (``bentoedge build``, ``serve``, ``channel``,
@@ -127,11 +127,12 @@ class Reply:
     headers: dict[str, str]
 
 
-def http_json(port: int, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Reply:
+def http_json(port: int, method: str, path: str, body: Any = None, timeout: float = 10.0,
+              headers: dict[str, str] | None = None) -> Reply:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
         resp = conn.getresponse()
         raw = resp.read()
         try:
@@ -167,8 +168,8 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, proc: subprocess
     raise DemoFailure(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def predict(port: int, x: np.ndarray, timeout: float = 10.0) -> Reply:
-    return http_json(port, "POST", "/predict", {"inputs": {"x": x.tolist()}}, timeout=timeout)
+def predict(port: int, x: np.ndarray, timeout: float = 10.0, headers: dict[str, str] | None = None) -> Reply:
+    return http_json(port, "POST", "/predict", {"inputs": {"x": x.tolist()}}, timeout=timeout, headers=headers)
 
 
 # ---- the story ---------------------------------------------------------------------------------
@@ -216,27 +217,35 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         d.record("verify", verify.returncode == 0, "`bentoedge verify` accepts the signature and every hash")
 
     cloud_port = free_port()
-    with d.step("3. Start the cloud endpoint (bentoml serve, decrypting in memory)"):
-        cloud = d.start("cloud", "serve", f"{MODEL}:v1", "--port", str(cloud_port))
-        wait_for(lambda: http_json(cloud_port, "GET", "/readyz", timeout=2).status == 200, 180,
-                 "the cloud service to be ready", cloud, d.work / "cloud.log", d.console)
-        r = predict(cloud_port, xs[:4])
-        d.record("cloud", r.status == 200 and r.body.get("served_by") == "cloud",
-                 f"cloud answers on 127.0.0.1:{cloud_port}: served_by={r.body.get('served_by')}, "
-                 f"model {r.body.get('model')}")
-
     channel = (d.work / "channel").as_uri()
     state = d.work / "device"
     agent_port = free_port()
-    with d.step("4. A signed update channel and a device"):
+    with d.step("3. A signed update channel and a device with its own identity"):
         d.cli("channel", "init", channel)
         # The device trusts the channel's first root by the fingerprint channel init printed.
         fingerprint = hashlib.sha256((d.work / "channel" / "metadata" / "1.root.json").read_bytes()).hexdigest()
         d.cli("agent", "init", "--channel", channel, "--cloud", f"http://127.0.0.1:{cloud_port}",
               "--state", str(state), "--port", str(agent_port), "--device-id", "demo-device-1",
               "--root-sha256", fingerprint, "--force")
-        d.cli("channel", "enroll", "demo-device-1", str(state / "device.pub"), "--channel", channel)
-        d.record("channel", True, f"TUF channel at {channel}; device demo-device-1 enrolled with its X25519 key")
+        d.cli("channel", "enroll", "demo-device-1", str(state / "device.pub"),
+              "--identity", str(state / "identity.pub"), "--channel", channel)
+        # The device API's /status needs the local token agent init wrote.
+        local = {"Authorization": f"Bearer {(state / 'api.token').read_text().strip()}"}
+        d.record("channel", True, f"TUF channel at {channel}; device demo-device-1 enrolled with its X25519 key "
+                                  "and its Ed25519 identity (in the channel's signed device registry)")
+
+    with d.step("4. Start the cloud endpoint (bentoml serve, decrypting in memory, enrolled callers only)"):
+        api_key = d.cli("keys", "api", "create", "demo-app").stdout.strip()
+        cloud = d.start("cloud", "serve", f"{MODEL}:v1", "--port", str(cloud_port), extra_env={
+            "BENTOEDGE_CHANNEL": channel, "BENTOEDGE_CHANNEL_ROOT": str(state / "root.json"),
+            "BENTOEDGE_REGISTRY_REFRESH_S": "5"})
+        wait_for(lambda: http_json(cloud_port, "GET", "/readyz", timeout=2).status == 200, 180,
+                 "the cloud service to be ready", cloud, d.work / "cloud.log", d.console)
+        anonymous = predict(cloud_port, xs[:4])
+        r = predict(cloud_port, xs[:4], headers={"Authorization": f"Bearer {api_key}"})
+        d.record("cloud", anonymous.status == 401 and r.status == 200 and r.body.get("served_by") == "cloud",
+                 f"cloud on 127.0.0.1:{cloud_port}: no credentials -> {anonymous.status}; with an API key "
+                 f"(bentoedge keys api create) -> served_by={r.body.get('served_by')}, model {r.body.get('model')}")
 
     with d.step("5. Publish v1 and watch the device take it"):
         d.cli("publish", f"{MODEL}:v1", "--channel", channel)
@@ -245,7 +254,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
                         extra_env={"BENTOEDGE_AGENT_POLL_SECONDS": "1"})
 
         def active_version() -> str | None:
-            r = http_json(agent_port, "GET", "/status", timeout=2)
+            r = http_json(agent_port, "GET", "/status", timeout=2, headers=local)
             sync = r.body.get("sync") or r.body
             return (r.body.get("model") or {}).get("version") or sync.get("active_version")
 
@@ -315,7 +324,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         seen: list[str] = []
 
         def refused() -> bool:  # every attempt refuses the bytes; none installs them
-            sync = http_json(agent_port, "GET", "/status", timeout=2).body.get("sync") or {}
+            sync = http_json(agent_port, "GET", "/status", timeout=2, headers=local).body.get("sync") or {}
             error = str(sync.get("last_error") or "")
             if f"{MODEL}:v3 is not installed" in error and "LengthOrHashMismatch" in error:
                 seen.append(error)
@@ -334,7 +343,7 @@ def _story(d: Demo) -> None:  # noqa: C901 - a story reads top to bottom
         r_big = predict(agent_port, np.tile(xs[:1], (64, 1)))
         for _ in range(6):  # enough failed forwards to open the circuit breaker
             r_again = predict(agent_port, np.tile(xs[:1], (64, 1)))
-        breaker = ((http_json(agent_port, "GET", "/status", timeout=5).body.get("cloud") or {}).get("breaker") or {})
+        breaker = ((http_json(agent_port, "GET", "/status", timeout=5, headers=local).body.get("cloud") or {}).get("breaker") or {})
         ok = (r_local.status == 200 and r_local.headers.get("x-bentoedge-served-by") == "edge"
               and r_again.status in (200, 503))
         d.record("offline", ok,
@@ -385,7 +394,7 @@ def _next_steps(folder: Path) -> str:
     return "\n".join([
         "[bold]next[/]",
         f"  {env} bentoedge inspect {MODEL}:v2        # the manifest, quality report and signer",
-        f"  {env} bentoedge serve {MODEL}:v2          # the cloud endpoint on :3000 (docs at /docs.json)",
+        f"  {env} bentoedge serve {MODEL}:v2 --no-auth   # the cloud endpoint on :3000, open (docs at /docs.json)",
         "  bentoedge build MODEL.onnx|.tflite|.keras|SAVEDMODEL --name NAME   # your own model (README: models you did not make)",
         "  docs/agent.md for a real device, docs/cloud.md for SageMaker and Lambda",
         f"  everything the demo made is in {folder}; your own keys and model store were not touched "

@@ -38,6 +38,9 @@ ARTIFACTS = "artifacts"
 ENCRYPTED_SUFFIX = ".enc"
 #: The files without which a sealed folder (and so a published version) is incomplete.
 REQUIRED_FILES = (MANIFEST, SIGNATURE, KEYS)
+#: The enrolled-device registry (``bentos.auth``): a target of its own, signed like every
+#: target.  The leading underscore keeps it out of every model's namespace (``NAME_RE``).
+DEVICES_TARGET = "_bentoedge/devices.json"
 #: The plaintext kind an artifact file name shows, by runtime (None: data, e.g. golden samples).
 ARTIFACT_SUFFIX: Mapping[str | None, str] = MappingProxyType(
     {"litert": ".tflite", "onnxruntime": ".onnx", None: ".npz"})

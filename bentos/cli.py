@@ -120,6 +120,7 @@ def keys() -> None:
     bentoedge keys init          make the signing key and the local KEK (never overwrites)
     bentoedge keys show          print key ids and trusted signers
     bentoedge keys trust FILE    accept models signed by another key (a signing.pub PEM)
+    bentoedge keys api ...       API keys for applications that call the cloud service
     """
 
 
@@ -156,6 +157,56 @@ def keys_show() -> None:
 def keys_trust(pubfile: Path) -> None:
     """Trust models signed by the Ed25519 public key in PUBFILE (PEM, e.g. another signing.pub)."""
     click.echo(f"trusted signer {_keys().trust(pubfile.read_bytes())}")
+
+
+@keys.group("api")
+def keys_api() -> None:
+    """API keys that let applications call the cloud service (stored as SHA-256 hashes only).
+
+    \b
+    The service reads $BENTOEDGE_HOME/keys/api_keys.json (or BENTOEDGE_API_KEYS_FILE);
+    clients send 'Authorization: Bearer <key>'.
+    """
+
+
+def _api_store() -> Any:
+    from bentoedge.bentos.apikeys import ApiKeyStore
+
+    path = os.environ.get("BENTOEDGE_API_KEYS_FILE") or str(_keys().dir / "api_keys.json")
+    return ApiKeyStore(Path(path))
+
+
+@keys_api.command("create")
+@click.argument("name")
+def keys_api_create(name: str) -> None:
+    """Make a key for application NAME and print it once (it is not stored, only its hash)."""
+    store = _api_store()
+    key, rec = store.create(name)
+    click.echo(key)
+    click.echo(f"API key {rec['id']} for {name} stored (hashed) in {store.path}; the key above is shown only now",
+               err=True)
+
+
+@keys_api.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_api_list(as_json: bool) -> None:
+    """List API keys: id, name, created, revoked (never the keys)."""
+    recs = [{k: r.get(k) for k in ("id", "name", "created", "revoked")} for r in _api_store().records()]
+    if as_json:
+        click.echo(json.dumps(recs, indent=2))
+        return
+    for r in recs:
+        click.echo(f"{r['id']}  {r['name']:<24} {r['created']}{'  REVOKED' if r['revoked'] else ''}")
+    if not recs:
+        click.echo("no API keys (bentoedge keys api create NAME)")
+
+
+@keys_api.command("revoke")
+@click.argument("which")
+def keys_api_revoke(which: str) -> None:
+    """Revoke the API key named WHICH (or with that id); the service refuses it from its next request."""
+    rec = _api_store().revoke(which)
+    click.echo(f"revoked API key {rec['id']} ({rec['name']})")
 
 
 # ---- build ------------------------------------------------------------------------------------

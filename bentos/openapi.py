@@ -97,6 +97,9 @@ def predict_operation(signature: Signature | None, served_by: Sequence[str]) -> 
                                               "degraded": {"type": "string"}}}},
                         NPZ: {"schema": {"type": "string", "format": "binary"}}}},
             "400": _error("malformed body, or an unknown or missing input"),
+            "401": _error("no usable credentials: the cloud takes a device's RFC 9421 signature or an API key "
+                          "(Authorization: Bearer); a device bound beyond loopback takes its local token"),
+            "403": _error("cloud: the device or the API key is unknown or revoked"),
             "404": _error("no such route"),
             "405": _error("the route takes another method (see Allow)"),
             "411": _error("no Content-Length (or a chunked body)"),
@@ -128,6 +131,7 @@ def device_document(signature: Signature | None, version: str) -> dict[str, Any]
             "/metrics": {"get": {"summary": "Prometheus text exposition",
                                  "responses": {"200": {"description": "metrics"}}}},
             "/status": {"get": {"summary": "active version, last sync, counts, latency, fallback reasons",
-                                "responses": {"200": {"description": "status JSON"}}}},
+                                "responses": {"200": {"description": "status JSON"},
+                                              "401": {"description": "send the local token (STATE/api.token)"}}}},
         },
     }

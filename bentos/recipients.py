@@ -121,7 +121,10 @@ class X25519Recipient:
 
     def wrap(self, data_key: bytes, ctx: WrapContext) -> dict[str, str]:
         ct = _HPKE.encrypt(data_key, self.public, info=ctx.aad)
-        return {"type": "x25519", "keyid": self.keyid, "label": self.label, "wrapped": _b64(ct)}
+        wrap = {"type": "x25519", "keyid": self.keyid, "wrapped": _b64(ct)}
+        if self.label:  # a build's own note; the channel publishes wraps without one
+            wrap["label"] = self.label
+        return wrap
 
 
 @dataclass(frozen=True)

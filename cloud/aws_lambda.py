@@ -66,8 +66,10 @@ from bentoedge.bentos.api import (
     parse_request,
     prediction_reply,
 )
+from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
 from bentoedge.bentos.sealed import SealedModel
+from bentoedge.cloud.auth import OPEN_PATHS, Gate, gate_from_env, refusal
 from bentoedge.cloud.service_core import CloudSettings
 from bentoedge.cloud.service_model import Loaded, open_cloud_model
 
@@ -106,6 +108,7 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes
     has_body: bool  # the event carried a body (an empty string counts), so its length is known
+    sent_path: str = ""  # the path as the client sent it (stage prefix kept): what a signature covers
 
     @property
     def content_length(self) -> str | None:
@@ -139,6 +142,7 @@ def parse_event(event: object) -> HttpRequest:
     path = event.get("rawPath") or http.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
         raise RequestError("the event has no request path (rawPath); " + _INVOKE_HINT)
+    sent_path = path
     stage = ctx.get("stage")
     if isinstance(stage, str) and stage and stage != "$default":
         prefix = f"/{stage}"
@@ -150,7 +154,7 @@ def parse_event(event: object) -> HttpRequest:
     ):
         raise RequestError("the event's headers are not a JSON object of strings; " + _INVOKE_HINT)
     headers = {k.lower(): v for k, v in raw_headers.items()}
-    return HttpRequest(http["method"].upper(), path, headers, *_body(event))
+    return HttpRequest(http["method"].upper(), path, headers, *_body(event), sent_path=sent_path)
 
 
 _INVOKE_HINT = (
@@ -330,6 +334,7 @@ class LambdaHandler:
         self._env = env
         self._clock = clock
         self._models: dict[str, Loaded | _Failed] = {}
+        self._gate: tuple[tuple[object, ...], Gate] | None = None
         # Lambda sends one request at a time; a local server in front of the handler may not.
         self._opening = threading.Lock()
 
@@ -363,6 +368,10 @@ class LambdaHandler:
         if request.path == "/livez":
             return json_reply(200, {"status": "alive"})
         settings = self._settings()
+        if request.path not in OPEN_PATHS:
+            refused = self._authenticate(request, settings)
+            if refused is not None:
+                return refused
         if request.path in ("/ping", "/readyz"):
             self.model(settings)
             return json_reply(200, {"status": "ready"})
@@ -400,6 +409,29 @@ class LambdaHandler:
         return prediction_reply(
             outputs, manifest.name, manifest.version, "cloud", headers.get("accept")
         )
+
+    def _authenticate(self, request: HttpRequest, settings: CloudSettings) -> Reply | None:
+        """The service's own check (``cloud.auth.Gate``); the registry is refreshed here when
+        due, since a Lambda environment has no time between requests for a thread."""
+        key = (settings.auth, settings.api_keys_file, settings.channel, settings.channel_root, settings.registry,
+               settings.registry_refresh_s, settings.auth_window_s, self._env.get("BENTOEDGE_HOME"))
+        if self._gate is None or self._gate[0] != key:
+            try:
+                self._gate = (key, gate_from_env(settings, self._env))
+            except BentoEdgeError as exc:
+                logger.error("bentoedge: refusing to serve: %s", _line(exc))
+                raise UnavailableError("this function is misconfigured; see its log", "model_unavailable") from None
+            self._gate[1].announce()
+        gate = self._gate[1]
+        gate.refresh_if_due()
+        limit = min(settings.max_payload, LAMBDA_MAX_BODY)
+        if credentials(request.headers) == "signature":
+            declared_length(request.method, request.content_length, request.headers.get("transfer-encoding"), limit)
+        verdict = gate.check(request.method, request.sent_path or request.path, request.headers, request.body)
+        if verdict.ok:
+            return None
+        logger.info("bentoedge: refused %s %s: %d %s", request.method, request.path, verdict.status, verdict.reason)
+        return refusal(verdict)
 
     def _settings(self) -> CloudSettings:
         try:

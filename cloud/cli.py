@@ -56,15 +56,27 @@ def _check_port_free(host: str, port: int) -> None:
 @click.argument("model")
 @click.option("--port", "-p", default=3000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for all).")
-def serve(model: str, port: int, host: str) -> None:
-    """Serve sealed model MODEL (NAME[:VERSION]) with `bentoml serve` until stopped."""
+@click.option("--no-auth", "no_auth", is_flag=True,
+              help="Let every request in, unauthenticated (local development only; same as BENTOEDGE_AUTH=off).")
+def serve(model: str, port: int, host: str, no_auth: bool) -> None:
+    """Serve sealed model MODEL (NAME[:VERSION]) with `bentoml serve` until stopped.
+
+    \b
+    Callers need a device signature or an API key (bentoedge keys api create NAME);
+    devices are let in from the channel's signed registry: set BENTOEDGE_CHANNEL and
+    BENTOEDGE_CHANNEL_ROOT (a trusted root.json).  --no-auth switches this off.
+    """
     from bentoedge.cloud.serve import REFUSAL, serve_command, server_env
 
     sealed = _sealed(model)
     tag = sealed.manifest.tag
     _check_port_free(host, port)
     click.echo(f"serving {tag} on http://{host}:{port} (POST /predict, /docs.json, /readyz)", err=True)
-    proc = subprocess.Popen(serve_command(port, host), env=server_env(tag), stdout=subprocess.PIPE,
+    if no_auth:
+        click.secho("WARNING: authentication is off (--no-auth): anyone who can reach this port can query the model",
+                    fg="red", err=True)
+    proc = subprocess.Popen(serve_command(port, host), env=server_env(tag, {"BENTOEDGE_AUTH": "off"} if no_auth else None),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
     def forward(signum: int, _frame: Any) -> None:

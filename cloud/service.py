@@ -38,6 +38,7 @@ from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError,
 from bentoedge.bentos.manifest import Signature
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.bentos.store import ModelStore, sealed_path_of, split_tag
+from bentoedge.cloud.auth import Gate, gate_from_env
 from bentoedge.cloud.service_core import CloudSettings, batchable
 from bentoedge.cloud.service_http import ContractMiddleware, find_batcher, logger, make_app
 from bentoedge.cloud.service_model import Loaded, open_cloud_model
@@ -113,6 +114,11 @@ def _current() -> SealedService:
     return bentoml.get_current_service()
 
 
+def _gate() -> Gate:
+    """The worker's authentication gate; raises until the service is up (the middleware then refuses)."""
+    return _current().gate
+
+
 def _signature() -> Signature | None:
     """The served model's signature for the OpenAPI text, or None before the service is up."""
     try:
@@ -138,6 +144,7 @@ class SealedService:
         self._ready = False
         self._warned_unbatched = False
         try:
+            self.gate = gate_from_env(SETTINGS)
             if not MODEL_TAG:
                 raise NotFoundError("BENTOEDGE_MODEL is not set; set it to name[:version] of a sealed model")
             sealed = SealedModel.open(sealed_path_of(self.model))
@@ -158,6 +165,8 @@ class SealedService:
         logger.info("bentoedge: serving %s with %s on %s [%s]; %d golden samples passed; decrypt %.3fs, ready %.3fs",
                     manifest.tag, p.artifact.id, ",".join(self.loaded.model.providers), p.reason,
                     self.loaded.golden_count, self.loaded.decrypt_seconds, self.loaded.load_seconds)
+        self.gate.announce()
+        self.gate.start()
         self._ready = True
 
     def is_ready(self) -> bool:
@@ -195,5 +204,7 @@ class SealedService:
         return await anyio.to_thread.run_sync(self.loaded.model.predict, arrays)
 
 
-# Around the whole server: BentoML's /docs.json and its own 404/405 keep the contract too.
-SealedService.add_asgi_middleware(ContractMiddleware, signature=_signature)  # type: ignore[attr-defined]
+# Around the whole server: authentication first (BentoML's own /infer included), then
+# BentoML's /docs.json and its own 404/405 keep the contract too.
+SealedService.add_asgi_middleware(ContractMiddleware, signature=_signature, gate=_gate,  # type: ignore[attr-defined]
+                                  max_payload=SETTINGS.max_payload)

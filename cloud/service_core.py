@@ -20,6 +20,13 @@ Environment (all optional except the model):
     BENTOEDGE_MAX_LATENCY_MS    adaptive batching: latency budget (default 20)
     BENTOEDGE_MAX_PAYLOAD       request body limit in bytes (default 16 MiB)
     BENTOEDGE_ORT_THREADS       intra-op threads per session (default: onnxruntime's)
+    BENTOEDGE_AUTH              on (default) | off: off lets every request in (local development)
+    BENTOEDGE_API_KEYS_FILE     hashed API keys (default $BENTOEDGE_HOME/keys/api_keys.json)
+    BENTOEDGE_CHANNEL           the channel whose signed device registry lets devices in ...
+    BENTOEDGE_CHANNEL_ROOT      ... read from this trusted root.json (TUF)
+    BENTOEDGE_DEVICE_REGISTRY   or a registry file (path or file://) instead of a channel
+    BENTOEDGE_REGISTRY_REFRESH_S  how often the registry is fetched again (default 60)
+    BENTOEDGE_AUTH_WINDOW_S     how old a device signature may be (default 300)
 """
 
 from __future__ import annotations
@@ -51,6 +58,13 @@ class CloudSettings:
     max_latency_ms: int = 20
     max_payload: int = DEFAULT_MAX_PAYLOAD
     ort_threads: int | None = None
+    auth: bool = True
+    api_keys_file: str | None = None
+    channel: str | None = None
+    channel_root: str | None = None
+    registry: str | None = None
+    registry_refresh_s: int = 60
+    auth_window_s: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CloudSettings:
@@ -58,6 +72,9 @@ class CloudSettings:
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"BENTOEDGE_DEVICE={device!r}: use auto, cpu or cuda")
         kms = env.get("BENTOEDGE_KMS")
+        auth = (env.get("BENTOEDGE_AUTH") or "on").strip().lower()
+        if auth not in ("on", "off", "1", "0", "true", "false"):
+            raise ConfigError(f"BENTOEDGE_AUTH={auth!r}: use on or off")
         return cls(
             model=(env.get("BENTOEDGE_MODEL") or "").strip() or None,
             device=device,
@@ -69,7 +86,18 @@ class CloudSettings:
             max_latency_ms=_int(env, "BENTOEDGE_MAX_LATENCY_MS", 20),
             max_payload=_int(env, "BENTOEDGE_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD),
             ort_threads=_int(env, "BENTOEDGE_ORT_THREADS", 0) or None,
+            auth=auth in ("on", "1", "true"),
+            api_keys_file=_str(env, "BENTOEDGE_API_KEYS_FILE"),
+            channel=_str(env, "BENTOEDGE_CHANNEL"),
+            channel_root=_str(env, "BENTOEDGE_CHANNEL_ROOT"),
+            registry=_str(env, "BENTOEDGE_DEVICE_REGISTRY"),
+            registry_refresh_s=max(1, _int(env, "BENTOEDGE_REGISTRY_REFRESH_S", 60)),
+            auth_window_s=max(1, _int(env, "BENTOEDGE_AUTH_WINDOW_S", 300)),
         )
+
+
+def _str(env: Mapping[str, str], key: str) -> str | None:
+    return (env.get(key) or "").strip() or None
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:

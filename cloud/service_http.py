@@ -38,6 +38,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentoedge.bentos.api import (
+    DEFAULT_MAX_PAYLOAD,
     Reply,
     declared_length,
     error_reply,
@@ -47,9 +48,11 @@ from bentoedge.bentos.api import (
     parse_request,
     prediction_reply,
 )
+from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.manifest import Signature
 from bentoedge.bentos.openapi import TAG, prediction_paths
+from bentoedge.cloud.auth import OPEN_PATHS, Gate, refusal
 
 logger = logging.getLogger("bentoml.bentoedge")  # under "bentoml" so `bentoml serve` shows it
 SERVER_KEY = "bentoedge.server"
@@ -160,6 +163,13 @@ def openapi_paths(signature: Signature | None) -> dict[str, Any]:
 class ContractMiddleware:
     """Around the whole BentoML server app, so what BentoML answers itself keeps the contract.
 
+    First, authentication (``cloud.auth.Gate``, deciding with ``bentos.auth``): every
+    route but the open ones (health, metrics, /docs.json) needs a device signature or an
+    API key, BentoML's own /infer included, and a refusal is the contract's JSON (401 or
+    403) before the app sees the request.  A signed request's body is read here, bounded
+    by the framing check and the payload limit, to check its Content-Digest, and handed on
+    to the app as it came.
+
     Two answers are BentoML's, not this module's: /docs.json, which gains the contract's
     routes (``openapi_paths``, the same text as the device's), and the plain-text 404/405
     of its router for a path or method nobody serves, which become the contract's JSON
@@ -167,15 +177,23 @@ class ContractMiddleware:
     other answer passes through unbuffered.
     """
 
-    def __init__(self, app: ASGIApp, signature: Callable[[], Signature | None] = lambda: None) -> None:
+    def __init__(self, app: ASGIApp, signature: Callable[[], Signature | None] = lambda: None,
+                 gate: Callable[[], Gate] | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.app = app
         self.signature = signature
+        self.gate = gate
+        self.max_payload = max_payload
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        if self.gate is not None and path not in OPEN_PATHS:
+            passed = await self._authenticate(scope, receive, send)
+            if passed is None:
+                return
+            receive = passed
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -193,6 +211,52 @@ class ContractMiddleware:
                 await send(message)
 
         await self.app(scope, receive, rewrite)
+
+    async def _authenticate(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """The receive to hand on when the request may pass; None once a refusal was sent."""
+        assert self.gate is not None
+        method = str(scope.get("method", "GET"))
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else str(scope.get("path", ""))
+        try:
+            gate = self.gate()
+        except Exception:  # the worker's service is not up: refuse rather than let anyone in
+            await _send_asgi(send, json_reply(503, {"error": "the service is starting", "reason": "starting"},
+                                              {"Retry-After": "1"}))
+            return None
+        if not gate.enabled:
+            return receive
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", []):
+            name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        body = b""
+        if credentials(headers) == "signature":
+            try:
+                length = declared_length(method, headers.get("content-length"), headers.get("transfer-encoding"),
+                                         self.max_payload)
+                body = await _read_body(receive, length)
+            except RequestError as exc:
+                await _send_asgi(send, error_reply(exc))
+                return None
+            except ClientDisconnect:
+                return None
+        verdict = gate.check(method, path, headers, body)
+        if not verdict.ok:
+            logger.info("bentoedge: refused %s %s: %d %s", method, path, verdict.status, verdict.reason)
+            await _send_asgi(send, refusal(verdict))
+            return None
+        if not body:
+            return receive
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return replay
 
     @staticmethod
     def _wants(path: str, start: Message) -> bool:
@@ -221,3 +285,30 @@ class ContractMiddleware:
         kept = [(k, v) for k, v in headers if k.lower() not in new]
         await send({**start, "headers": kept + list(new.items())})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, length: int) -> bytes:
+    """Exactly the declared body (the server never delivers more); 400 when it ends short."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > length:
+            raise RequestError("the body is longer than its Content-Length", status=400)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    if size != length:
+        raise RequestError("the body is shorter than its Content-Length", status=400)
+    return b"".join(chunks)
+
+
+async def _send_asgi(send: Send, reply: Reply) -> None:
+    headers = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(reply.body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

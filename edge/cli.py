@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tuf.api import exceptions as tuf_exc
 
@@ -118,7 +120,7 @@ def agent() -> None:
 def init(channel: str, cloud: str, state: Path | None, device_id: str | None, device_class: str, port: int,
          model: str, signers: tuple[Path, ...], root_sha256: str | None, root_file: Path | None,
          force: bool) -> None:
-    """Provision this device: key pair, embedded channel root, trusted signers, agent.toml.
+    """Provision this device: key pairs (X25519, Ed25519 identity), embedded channel root, trusted signers, agent.toml.
 
     \b
     The channel root is never taken on trust: give its fingerprint or a root file,
@@ -142,12 +144,17 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
         signers = (default,)
     trusted = tuple(load_ed25519_public(p.read_bytes(), str(p)).hex() for p in signers)
     root, root_version = trusted_root(channel, root_sha256, root_file)
-    if not st.key_file.exists():
-        key = X25519PrivateKey.generate()
-        write_private(st.key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-        write_private(st.pub_file, key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
+    # Two keys, both kept if they exist: X25519 unwraps model keys, Ed25519 signs cloud calls.
+    for key_file, pub_file, make in ((st.key_file, st.pub_file, X25519PrivateKey.generate),
+                                     (st.identity_file, st.identity_pub_file, Ed25519PrivateKey.generate)):
+        if not key_file.exists():
+            key = make()
+            write_private(key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+            write_private(pub_file, key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), mode=0o644)
+    if not st.token_file.exists():  # kept on --force: local programs already use it
+        write_private(st.token_file, secrets.token_urlsafe(32).encode())
     write_private(st.root_file, root, mode=0o644)
     cfg = agent_config.AgentConfig(device_id=device_id or f"dev-{uuid.uuid4().hex[:12]}", channel=channel,
                                    cloud=cloud, state=str(state), port=port, device_class=device_class,
@@ -156,9 +163,11 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
     click.echo(f"device {cfg.device_id} provisioned: config {path}")
     click.echo(f"trusting channel root v{root_version} (verified from the one you gave) and "
                f"{len(trusted)} model signer(s)")
-    click.echo(f"public key: {st.pub_file}")
+    click.echo(f"local API token: {st.token_file} (send 'Authorization: Bearer <token>' for /status)")
+    click.echo(f"public keys: {st.pub_file} (X25519, model keys), {st.identity_pub_file} (Ed25519, identity)")
     click.echo(f"enroll it on the publisher: bentoedge channel enroll {cfg.device_id} {st.pub_file} "
-               f"--channel {channel} && bentoedge publish NAME:VERSION --channel {channel}")
+               f"--identity {st.identity_pub_file} --channel {channel} "
+               f"&& bentoedge publish NAME:VERSION --channel {channel}")
 
 
 def _load(config_path: Path | None) -> agent_config.AgentConfig:

@@ -11,6 +11,10 @@ is left; a timeout or a bad answer is never retried, since the cloud may be doin
 An answer is accepted only if it is a 2xx or 4xx with the contract's shape
 (``bentos.api.read_answer``: a JSON object with ``outputs``, or a readable ``.npz``; a 4xx
 with an ``error``); anything else is garbage and counts as a failure for the circuit breaker.
+
+Each attempt is signed afresh with the device's Ed25519 identity key when it has one
+(``identity_signer``; RFC 9421 as ``bentos.auth.sign_request`` writes it: method, path,
+Content-Digest, ``created`` and a new nonce), so a retry is never refused as a replay.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import queue
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bentoedge.bentos.api import HEADER_MODEL, HEADER_VERSION, JSON, NPZ, AnswerError, read_answer
+from bentoedge.bentos.auth import sign_request
+from bentoedge.bentos.errors import KeyMissingError
+
+#: (method, path, body) -> the headers that sign that call.
+Signer = Callable[[str, str, bytes], Mapping[str, str]]
 
 MAX_ANSWER_BYTES = 64 << 20
 _CHUNK = 1 << 16
@@ -53,7 +67,7 @@ class CloudClient:
     """Posts request bodies to ``<cloud>/predict``; thread-safe."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0, retries: int = 1, pool_size: int = 8,
-                 path: str = "/predict") -> None:
+                 path: str = "/predict", signer: Signer | None = None) -> None:
         url = urllib.parse.urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"the cloud URL must be http(s)://host[:port], not {base_url!r}")
@@ -64,6 +78,7 @@ class CloudClient:
         self._path = (url.path.rstrip("/") or "") + path
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
+        self.signer = signer
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(maxsize=pool_size)
 
     def predict(self, body: bytes, content_type: str, accept: str | None, deadline: float) -> CloudAnswer:
@@ -76,8 +91,9 @@ class CloudClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise last or CloudError("cloud_timeout", "no time left before the request deadline")
+            signed = {**headers, **self.signer("POST", self._path, body)} if self.signer else headers
             try:
-                return self._once(body, headers, deadline)
+                return self._once(body, signed, deadline)
             except _Retryable as exc:
                 last = CloudError("cloud_unreachable", str(exc.__cause__ or exc))
         assert last is not None
@@ -229,3 +245,24 @@ def _check(status: int, data: bytes, content_type: str, version: str, name: str)
     model = doc["model"] if isinstance(doc.get("model"), dict) else {}
     return CloudAnswer(status, data, JSON, version or str(model.get("version", "")),
                        name or str(model.get("name", "")), doc)
+
+
+def identity_signer(key_file: Path, clock: Callable[[], float] = time.time) -> Signer | None:
+    """Signs calls with the device's identity key (``STATE/identity.key``); None when the
+    device has none (provisioned before identities: ``agent init --force`` makes one)."""
+    try:
+        data = key_file.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError:
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyMissingError(f"{key_file} is not an Ed25519 private key; run 'bentoedge agent init --force' "
+                              "and enroll the device again")
+    ed_key = key
+
+    def sign(method: str, path: str, body: bytes) -> Mapping[str, str]:
+        return sign_request(ed_key, method, path, body, clock())
+    return sign

@@ -11,6 +11,12 @@ Routes (docs/design.md, the prediction API; the same paths as BentoML's):
     GET  /status      JSON: active model, last sync (``status_provider``), counts, latency
     GET  /docs.json   OpenAPI (``bentos.openapi``, the same text as the cloud's)
 
+The local token (``STATE/api.token``, written by ``agent init``): on loopback the prediction
+routes are open to the device's own programs and only /status (device id, URLs, last errors)
+needs ``Authorization: Bearer <token>``; bound beyond loopback every route but /livez,
+/healthz and /readyz needs it, and without a token file the agent refuses to bind there.
+A device provisioned before tokens has none and keeps its loopback API as it was.
+
 The handler is a thin shell: it checks the framing with the contract's
 ``bentos.api.declared_length`` (411/400/413 before a byte of the body is read), reads the
 body, calls ``Gateway.predict`` and writes the ``Reply``; 404/405 are the contract's too.
@@ -19,13 +25,16 @@ Anything unexpected becomes a one-line 500 for that request only; the server kee
 
 from __future__ import annotations
 
+import hmac
 import io
+import ipaddress
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from bentoedge.bentos.api import (
@@ -38,15 +47,16 @@ from bentoedge.bentos.api import (
     method_not_allowed,
     not_found,
 )
-from bentoedge.bentos.errors import RequestError
+from bentoedge.bentos.errors import ConfigError, RequestError
 from bentoedge.bentos.openapi import device_document
 from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.breaker import CircuitBreaker
-from bentoedge.edge.cloud_client import CloudClient
+from bentoedge.edge.cloud_client import CloudClient, identity_signer
 from bentoedge.edge.config import AgentConfig
 from bentoedge.edge.gateway import Gateway, MemoryProbe
 from bentoedge.edge.metrics import Metrics
 from bentoedge.edge.router import RouterPolicy
+from bentoedge.edge.state import DeviceState
 
 log = logging.getLogger("bentoedge.agent")
 
@@ -66,11 +76,21 @@ class AgentServer:
         self.metrics = Metrics()
         self.breaker = breaker or CircuitBreaker()
         if cloud is None and config.cloud:
-            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s)
+            identity = DeviceState(config.state_dir).identity_file
+            signer = identity_signer(identity)
+            if signer is None:
+                log.warning("no identity key at %s: fallback calls go unsigned and an authenticating cloud "
+                            "refuses them (bentoedge agent init --force, then channel enroll --identity)", identity)
+            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s, signer=signer)
         self.gateway = Gateway(active, RouterPolicy.from_config(config), cloud, self.breaker, self.metrics,
                                request_timeout_s=config.cloud_timeout_s,
                                memory=memory or MemoryProbe(), max_body=max_body)
         self.started = time.time()
+        self.token = read_token(DeviceState(config.state_dir).token_file)
+        self.exposed = not is_loopback(config.host)
+        if self.exposed and self.token is None:
+            raise ConfigError(f"refusing to serve the device API on {config.host} without a local API token: "
+                              "run 'bentoedge agent init --force' (it writes STATE/api.token) or bind 127.0.0.1")
         self._httpd = _HTTPServer((config.host, config.port), _Handler, self)
         self._thread: threading.Thread | None = None
 
@@ -143,6 +163,18 @@ class AgentServer:
             "bentoedge_cloud_circuit_open": breaker_open,
         })
 
+    def refusal(self, path: str, authorization: str | None) -> Reply | None:
+        """401 when this route needs the local token and the request lacks it; None to go on."""
+        path = path.split("?", 1)[0]
+        if self.token is None or path in _OPEN_PATHS or not (self.exposed or path == "/status"):
+            return None
+        sent = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() == "bearer " else ""
+        if sent and hmac.compare_digest(sent.encode(), self.token.encode()):
+            return None
+        return json_reply(401, {"error": "this route needs the device's local API token: "
+                                         "send Authorization: Bearer <the token in STATE/api.token>"},
+                          {"WWW-Authenticate": 'Bearer realm="bentoedge-agent"'})
+
     def route(self, method: str, path: str, body: bytes, content_type: str | None, accept: str | None) -> Reply:
         path = path.split("?", 1)[0]
         if path in ("/predict", "/invocations"):
@@ -174,6 +206,29 @@ class AgentServer:
 
 
 _GET_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics", "/status", "/docs.json"})
+_OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path) -> str | None:
+    """The local API token, or None when the device has none; a damaged file is refused."""
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the local API token {path}: {exc}") from None
+    if len(token) < 16:
+        raise ConfigError(f"the local API token in {path} is too short; run 'bentoedge agent init --force'")
+    return token
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -269,6 +324,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         agent = self.server.agent
+        refused = agent.refusal(self.path, self.headers.get("Authorization"))
+        if refused is not None:
+            self.close_connection = method != "GET"  # its body is not read: the framing is lost
+            self._write(refused)
+            return
         try:
             body, problem = self._body(method, agent.gateway.max_body)
             if problem is not None:

@@ -2,6 +2,8 @@
 
     STATE/agent.toml        configuration (edge.config)
     STATE/device.key|.pub   the device's X25519 key pair (unwraps edge data keys)
+    STATE/identity.key|.pub the device's Ed25519 identity (signs its calls to the cloud)
+    STATE/api.token         the local API's token (edge.server: /status, and every route off loopback)
     STATE/root.json         the channel root embedded at provisioning (TUF trust anchor)
     STATE/tuf/              ngclient's metadata cache
     STATE/staging/<v>/      a download in progress (kept across crashes, to resume)
@@ -95,6 +97,9 @@ class DeviceState:
         self.root_file = root / "root.json"
         self.key_file = root / "device.key"
         self.pub_file = root / "device.pub"
+        self.identity_file = root / "identity.key"
+        self.identity_pub_file = root / "identity.pub"
+        self.token_file = root / "api.token"
         self._lock_fd: int | None = None
 
     def ensure(self) -> None:

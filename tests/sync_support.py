@@ -85,6 +85,8 @@ class Device:
     key: X25519PrivateKey
     pub_pem: bytes
     active: ActiveModel
+    identity: Ed25519PrivateKey | None = None
+    identity_pem: bytes = b""
 
     def agent(self, config: AgentConfig | None = None, *, crash: CrashHook | None = None,
               progress: DownloadProgress | None = None) -> SyncAgent:
@@ -95,17 +97,23 @@ class Device:
 
 def make_device(state: Path, channel_url: str, root: bytes, signer_pub: bytes, device_id: str = "dev-1",
                 device_class: str = "default", **extra: object) -> Device:
-    """What ``agent init`` does, in-process: key pair, trust anchor, config."""
+    """What ``agent init`` does, in-process: key pairs (X25519, Ed25519 identity), trust anchor, config."""
     state.mkdir(parents=True, exist_ok=True)
     key = X25519PrivateKey.generate()
     (state / "device.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     (state / "device.pub").write_bytes(pub)
+    identity = Ed25519PrivateKey.generate()
+    (state / "identity.key").write_bytes(identity.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    identity_pem = identity.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+    (state / "identity.pub").write_bytes(identity_pem)
     (state / "root.json").write_bytes(root)
     cfg = AgentConfig(device_id=device_id, channel=channel_url, cloud="http://127.0.0.1:9", state=str(state),
                       device_class=device_class, trusted_signers=(signer_pub.hex(),), **extra)  # type: ignore[arg-type]
-    return Device(cfg, key, pub, ActiveModel())
+    return Device(cfg, key, pub, ActiveModel(), identity, identity_pem)
 
 
 def signer_pub(home: Path) -> bytes:

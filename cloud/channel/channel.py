@@ -10,7 +10,7 @@ Keys and private state never go into the public channel.  They live in
 ``$BENTOEDGE_HOME/channels/<hash of url>/``:
 
     keys/targets.pem, keys/snapshot.pem, keys/timestamp.pem   online keys (0600)
-    devices.json                                               enrolled X25519 public keys
+    devices.json                                               device id -> X25519 key, Ed25519 identity, revoked
     channel.json                                               url, where the root keys went
 
 Root keys are generated into a separate ``offline-root/`` folder (or ``root_keys_dir``)
@@ -34,12 +34,13 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
-from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 
+from bentoedge.bentos import auth
 from bentoedge.bentos import channel_layout as layout
 from bentoedge.bentos.api_compat import api_major, breaking_changes, describe
 from bentoedge.bentos.errors import ChannelError, ConfigError, KeyMissingError, UsageError
-from bentoedge.bentos.keystore import LocalKeys, default_home, write_private
+from bentoedge.bentos.keystore import LocalKeys, default_home, load_ed25519_public, write_private
 from bentoedge.bentos.manifest import Manifest, canonical_json
 from bentoedge.bentos.recipients import (
     Keyring,
@@ -84,6 +85,15 @@ log = logging.getLogger("bentoedge.channel")
 
 def state_dir_for(url: str, home: Path) -> Path:
     return home / "channels" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """One device in the publisher's private ``devices.json``."""
+
+    x25519_pem: str
+    ed25519_hex: str | None = None
+    revoked: bool = False
 
 
 @dataclass
@@ -202,24 +212,91 @@ class Channel:
 
     # ---- devices ---------------------------------------------------------------------------
 
-    def devices(self) -> dict[str, str]:
+    def devices(self) -> dict[str, Enrolled]:
+        """The publisher's private record: device id -> its keys and whether it is revoked."""
         path = self.state_dir / "devices.json"
         if not path.exists():
             return {}
-        return dict(json.loads(path.read_text()))
+        out: dict[str, Enrolled] = {}
+        for dev, entry in json.loads(path.read_text()).items():
+            if isinstance(entry, str):  # written before device identities: an X25519 key alone
+                out[dev] = Enrolled(entry)
+            else:
+                out[dev] = Enrolled(entry["x25519"], entry.get("ed25519"), bool(entry.get("revoked", False)))
+        return out
 
-    def enroll(self, device_id: str, pub_pem: bytes) -> str:
-        """Record a device's (or a fleet group's) X25519 key; the next publish wraps for it."""
+    def _save_devices(self, devices: dict[str, Enrolled]) -> None:
+        write_private(self.state_dir / "devices.json", canonical_json(
+            {dev: {"x25519": e.x25519_pem, "ed25519": e.ed25519_hex, "revoked": e.revoked}
+             for dev, e in devices.items()}))
+
+    def enroll(self, device_id: str, pub_pem: bytes, identity_pem: bytes | None = None) -> str:
+        """Record a device's X25519 key (the next publish wraps for it) and its Ed25519
+        identity key (published at once in the channel's device registry, so the cloud lets
+        its signed calls in).  Without an identity key (a fleet group's shared X25519 key,
+        or a device provisioned before identities) it can decrypt but not call the cloud."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", device_id):
             raise UsageError(f"device id {device_id!r}: use letters, digits, '.', '_' or '-'")
         key = load_x25519_public(pub_pem)
+        identity = None if identity_pem is None else load_ed25519_public(
+            identity_pem, "the identity key file (identity.pub from 'bentoedge agent init')")
         devices = self.devices()
-        devices[device_id] = pub_pem.decode()
-        write_private(self.state_dir / "devices.json", canonical_json(devices))
+        old = devices.get(device_id)
+        if old is not None and old.revoked:
+            raise UsageError(f"device {device_id} is revoked; provision the device again and enroll it "
+                             "under a new device id")
+        for dev, e in devices.items():
+            if dev == device_id:
+                continue
+            if identity is not None and e.ed25519_hex == identity.hex():
+                raise UsageError(f"that identity key is already enrolled as device {dev}")
+            if e.revoked and x25519_id(load_x25519_public(e.x25519_pem.encode())) == x25519_id(key):
+                raise UsageError(f"that X25519 key belongs to revoked device {dev}; provision the device again")
+        devices[device_id] = Enrolled(pub_pem.decode(), identity.hex() if identity is not None else None)
+        self._save_devices(devices)
+        if identity is not None or (old is not None and old.ed25519_hex):
+            self._publish_registry(devices)
         return x25519_id(key)
 
+    def revoke(self, device_id: str) -> int:
+        """Un-enroll a device: no later publish wraps a key for it, and the channel's device
+        registry marks its identity revoked (the cloud refuses it at its next refresh).
+        Returns the targets version that carries the revocation."""
+        devices = self.devices()
+        if device_id not in devices:
+            known = ", ".join(sorted(devices)) or "none"
+            raise UsageError(f"no device {device_id!r} is enrolled on {self.url} (enrolled: {known})")
+        e = devices[device_id]
+        devices[device_id] = Enrolled(e.x25519_pem, e.ed25519_hex, revoked=True)
+        self._save_devices(devices)
+        return self._publish_registry(devices)
+
+    def registry(self, devices: dict[str, Enrolled] | None = None) -> dict[str, auth.Device]:
+        """The public registry: identity key id -> key and revoked flag (no device names)."""
+        out: dict[str, auth.Device] = {}
+        for e in (devices if devices is not None else self.devices()).values():
+            if e.ed25519_hex:
+                raw = bytes.fromhex(e.ed25519_hex)
+                out[auth.identity_id(raw)] = auth.Device(raw, e.revoked)
+        return out
+
+    def _publish_registry(self, devices: dict[str, Enrolled]) -> int:
+        doc = auth.registry_document(self.registry(devices))
+        sha = hashlib.sha256(doc).hexdigest()
+        md = self.load()
+        self.storage.put(layout.hashed_target_key(layout.DEVICES_TARGET, sha), doc)
+        md.targets.signed.targets[layout.DEVICES_TARGET] = TargetFile(len(doc), {"sha256": sha},
+                                                                       layout.DEVICES_TARGET)
+        self._commit_targets(md)
+        return int(md.targets.signed.version)
+
     def recipients(self) -> list[X25519Recipient]:
-        return [X25519Recipient(load_x25519_public(pem.encode()), label=dev) for dev, pem in sorted(self.devices().items())]
+        """The X25519 keys of every unrevoked device; wraps carry no device name."""
+        return [X25519Recipient(load_x25519_public(e.x25519_pem.encode()))
+                for _, e in sorted(self.devices().items()) if not e.revoked]
+
+    def revoked_x25519(self) -> set[str]:
+        return {x25519_id(load_x25519_public(e.x25519_pem.encode())) for e in self.devices().values() if e.revoked}
 
     # ---- publishing ------------------------------------------------------------------------
 
@@ -311,8 +388,12 @@ class Channel:
             copy.add_wraps(list(recipients), keyring, "edge")
         # Publish only the device wraps of edge artifacts: the channel is public, and a
         # wrap under the publisher's KEK or a cloud key has no business on it.
+        # A revoked device's wrap stays off even when the build itself wrapped for its key, and
+        # no wrap names a device: the device finds its own by key id.
         wraps = copy.wraps()
-        public = {a.id: [w for w in wraps.get(a.id, []) if w.get("type") == "x25519"] for a in edge}
+        revoked = self.revoked_x25519()
+        public = {a.id: [{k: v for k, v in w.items() if k != "label"} for w in wraps.get(a.id, [])
+                         if w.get("type") == "x25519" and w.get("keyid") not in revoked] for a in edge}
         (staged / layout.KEYS).write_bytes(keys_document(public))
         return staged
 
@@ -424,5 +505,7 @@ class Channel:
             "releases": [{"model": r.model, "version": r.version, "release": r.release, "rollout": r.rollout,
                           "device_classes": list(r.device_classes), "min_agent": r.min_agent, "pinned": r.pinned}
                          for r in repo.releases(md.targets.signed)],
-            "devices": sorted(self.devices()),
+            "devices": sorted(d for d, e in self.devices().items() if not e.revoked),
+            "revoked": sorted(d for d, e in self.devices().items() if e.revoked),
+            "identities": sorted(d for d, e in self.devices().items() if e.ed25519_hex and not e.revoked),
         }

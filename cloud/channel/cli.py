@@ -55,11 +55,37 @@ def init(url: str, root_keys: int, threshold: int, root_keys_dir: Path | None) -
 @channel.command("enroll")
 @click.argument("device_id")
 @click.argument("pubfile", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--identity", "identity", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The device's Ed25519 identity.pub (from 'bentoedge agent init'): lets its signed calls into the cloud.")
 @click.option("--channel", "url", required=True, help="The channel URL.")
-def enroll(device_id: str, pubfile: Path, url: str) -> None:
-    """Record a device's (or fleet group's) X25519 key; the next publish wraps keys for it."""
-    kid = Channel.open(url).enroll(device_id, pubfile.read_bytes())
+def enroll(device_id: str, pubfile: Path, identity: Path | None, url: str) -> None:
+    """Record a device's X25519 key (PUBFILE) and its identity key; the next publish wraps keys for it.
+
+    Without --identity (a fleet group's shared key, or a device provisioned before
+    identities) the device can decrypt what is published but cannot call the cloud.
+    """
+    ch = Channel.open(url)
+    kid = ch.enroll(device_id, pubfile.read_bytes(), identity.read_bytes() if identity else None)
     click.echo(f"enrolled {device_id} (x25519 {kid}); run 'bentoedge publish' to wrap model keys for it")
+    if identity is None:
+        click.secho(f"note: {device_id} has no identity key, so the cloud will refuse its fallback calls; "
+                    f"enroll it again with --identity STATE/identity.pub", fg="yellow", err=True)
+    else:
+        click.echo("its identity key is in the channel's device registry now")
+
+
+@channel.command("revoke")
+@click.argument("device_id")
+@click.option("--channel", "url", required=True, help="The channel URL.")
+def revoke(device_id: str, url: str) -> None:
+    """Un-enroll DEVICE_ID: no later publish wraps a key for it, and the cloud refuses its calls.
+
+    Versions published before keep the wraps it already holds: publish a new version
+    to shut it out of model updates too.
+    """
+    v = Channel.open(url).revoke(device_id)
+    click.echo(f"revoked {device_id}: the channel's device registry (targets v{v}) marks it revoked; "
+               "clouds refuse it at their next registry refresh, and later publishes leave it out")
 
 
 @channel.command("status")
@@ -84,7 +110,9 @@ def status(url: str, as_json: bool) -> None:
         rel.add_row(r["model"], r["version"], str(r["release"]), f"{r['rollout']}%",
                     ",".join(r["device_classes"]) or "all", r["min_agent"], "yes" if r["pinned"] else "")
     out.print(rel)
-    out.print(f"enrolled devices: {', '.join(st['devices']) or 'none'}")
+    out.print(f"enrolled devices: {', '.join(st['devices']) or 'none'}", markup=False)
+    if st["revoked"]:
+        out.print(f"revoked devices: {', '.join(st['revoked'])}", markup=False)
 
 
 @channel.command("refresh")
@@ -143,7 +171,7 @@ def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], m
     from bentoedge.python_api import publish as publish_model
 
     ch = Channel.open(url)
-    if not ch.devices():
+    if not ch.recipients():
         console.print("[yellow]warning:[/] no device is enrolled; no device can decrypt this version yet "
                       "(bentoedge channel enroll DEVICE_ID PUBFILE, then publish again)")
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -156,4 +184,4 @@ def publish(tag: str, url: str, rollout: int, device_classes: tuple[str, ...], m
                             pinned=pinned, progress=on_file, breaking=breaking)
     click.echo(f"published {rel.model}:{rel.version} release {rel.release} to {ch.url} "
                f"(rollout {rel.rollout}%, classes {','.join(rel.device_classes) or 'all'}, "
-               f"{len(ch.devices())} devices)")
+               f"{len(ch.recipients())} devices)")

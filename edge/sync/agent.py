@@ -231,7 +231,8 @@ class SyncAgent:
             c = self.config
             raise KeyMissingError(
                 f"this device ({c.device_id}) is not enrolled for {sealed.manifest.tag}: on the publisher run "
-                f"'bentoedge channel enroll {c.device_id} {self.state.pub_file} --channel {c.channel}', "
+                f"'bentoedge channel enroll {c.device_id} {self.state.pub_file} --identity {self.state.identity_pub_file} "
+                f"--channel {c.channel}', "
                 f"then publish {sealed.manifest.tag} again")
 
     def _updater(self) -> Updater:

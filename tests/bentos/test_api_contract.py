@@ -219,7 +219,7 @@ def test_one_openapi_text_for_both_servers() -> None:
     for path in ("/predict", "/invocations"):
         assert path in device and path in cloud
         responses = device[path]["post"]["responses"]
-        assert {"400", "411", "413", "415", "422", "503"} <= set(responses)
+        assert {"400", "401", "403", "411", "413", "415", "422", "503"} <= set(responses)
         assert api.HEADER_REASON in responses["200"]["headers"]
     schema = device["/predict"]["post"]["requestBody"]["content"][api.JSON]["schema"]["properties"]["inputs"]
     assert schema["required"] == ["ids", "x"] and schema["properties"]["x"]["description"] == "float32[?, 4]"

@@ -25,6 +25,7 @@ def tiny_server(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactor
     port = free_port()
     log = tmp_path_factory.mktemp("cloud-logs") / "serve.log"
     proc = start_server(tiny_sealed.tag, port, env={"BENTOEDGE_HOME": str(tiny_sealed.home),
+                                                    "BENTOEDGE_AUTH": "off",  # auth has its own tests
                                                     "BENTOEDGE_MAX_LATENCY_MS": "50",
                                                     "BENTOEDGE_MAX_PAYLOAD": str(64 << 10)}, log=log)
     url = f"http://127.0.0.1:{port}"

@@ -117,6 +117,7 @@ def env(tiny_sealed: TinySealed) -> dict[str, str]:
         **os.environ,
         "BENTOEDGE_MODEL": tiny_sealed.tag,
         "BENTOEDGE_HOME": str(tiny_sealed.home),
+        "BENTOEDGE_AUTH": "off",  # authentication has its own tests (test_auth_lambda.py)
     }
 
 
@@ -358,6 +359,7 @@ def test_an_answer_too_large_for_lambda_is_a_413() -> None:
 def test_the_module_entry_point(tiny_sealed: TinySealed, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENTOEDGE_MODEL", tiny_sealed.tag)
     monkeypatch.setenv("BENTOEDGE_HOME", str(tiny_sealed.home))
+    monkeypatch.setenv("BENTOEDGE_AUTH", "off")
     from bentoedge.cloud.aws_lambda import handler
 
     resp = handler(fixture_event("function_url_predict_json"), CONTEXT)

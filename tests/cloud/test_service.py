@@ -121,7 +121,7 @@ def test_refuses_to_start_on_a_tampered_artifact(tmp_path: Path) -> None:
     enc.write_bytes(bytes(data))
     log = tmp_path / "serve.log"
     port = free_port()
-    proc = start_server(bad.tag, port, env={"BENTOEDGE_HOME": str(bad.home)}, log=log)
+    proc = start_server(bad.tag, port, env={"BENTOEDGE_HOME": str(bad.home), "BENTOEDGE_AUTH": "off"}, log=log)
     try:
         with pytest.raises(HealthCheckError, match="refusing to serve tampered:v1: encrypted artifact failed authentication"):
             wait_ready(f"http://127.0.0.1:{port}", timeout=60, proc=proc, log=log)

@@ -41,7 +41,7 @@ def cloud_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     sealed = seal_tiny(tmp_path_factory.mktemp("contract-home"), name="contract")
     port = free_port()
     log = tmp_path_factory.mktemp("contract-logs") / "serve.log"
-    proc = start_server(sealed.tag, port, env={"BENTOEDGE_HOME": str(sealed.home),
+    proc = start_server(sealed.tag, port, env={"BENTOEDGE_HOME": str(sealed.home), "BENTOEDGE_AUTH": "off",
                                                "BENTOEDGE_MAX_PAYLOAD": str(LIMIT)}, log=log)
     try:
         wait_ready(f"http://127.0.0.1:{port}", timeout=120, proc=proc, log=log)

@@ -108,6 +108,7 @@ def lambda_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[LambdaHandl
         "BENTOEDGE_MODEL": sealed.tag,
         "BENTOEDGE_HOME": str(sealed.home),
         "BENTOEDGE_MAX_PAYLOAD": str(LIMIT),
+        "BENTOEDGE_AUTH": "off",
     }
     return LambdaHandler(env=env), Server(
         "cloud", 0, Model("contract-lambda", "v1", "x", 64, "probs", 10)

@@ -78,7 +78,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, objec
     ModelStore().add("tinyfb", "c1", 1, lambda dst: seal(req, dst, [KekRecipient(keys.kek())], keys.signing_key()))
     port = free_port()
     log = home / "serve.log"
-    proc = start_server("tinyfb:c1", port, env={"BENTOEDGE_HOME": str(home)}, log=log)
+    proc = start_server("tinyfb:c1", port, env={"BENTOEDGE_HOME": str(home), "BENTOEDGE_AUTH": "off"}, log=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=120, proc=proc, log=log)

@@ -173,7 +173,7 @@ def lambda_cloud(tmp_path: Path) -> Iterator[tuple[str, Path, bytes, CountingOpe
     folder = tmp_path / "tinylambda-l1"
     model = seal_cloud(folder, home)
     opener = CountingOpener()
-    env = {**os.environ, "BENTOEDGE_MODEL": str(folder), "BENTOEDGE_HOME": str(home)}
+    env = {**os.environ, "BENTOEDGE_MODEL": str(folder), "BENTOEDGE_HOME": str(home), "BENTOEDGE_AUTH": "off"}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FunctionUrl)
     httpd.daemon_threads = True
     httpd.lambda_handler = LambdaHandler(opener=opener, env=env)  # type: ignore[attr-defined]
