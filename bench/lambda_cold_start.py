@@ -413,6 +413,8 @@ def measure(model: dict[str, Any], home: Path, cold: int, calls: int) -> dict[st
         "BENTOEDGE_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOEDGE_DEVICE": "cpu",
+        # What authentication costs is bench/auth_overhead.py's; here the handler's cold start.
+        "BENTOEDGE_AUTH": "off",
     }
     handler, split, floor = [], [], []
     for _ in range(cold):  # interleaved, so a slow moment of the machine hits all three alike
