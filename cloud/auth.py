@@ -162,6 +162,11 @@ class Gate:
     def stop(self) -> None:
         self._stop.set()
 
+    def device(self, key_id: str) -> auth.Device | None:
+        """The registry's entry for an identity key id (None when unknown)."""
+        with self._lock:
+            return self._devices.get(key_id)
+
     def check(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> auth.Verdict:
         """Let a request in or say why not (``headers``: lower-case names)."""
         if not self.enabled or path in OPEN_PATHS:

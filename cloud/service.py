@@ -109,6 +109,18 @@ def _stop_the_server() -> bool:
     return True
 
 
+def _fleet_intake(gate: Gate) -> Any:
+    """Where devices' signed reports go (``POST /fleet/reports``): the fleet store at
+    ``BENTOEDGE_FLEET_STORE`` (a path, ``file://`` or ``s3://``; default ``$BENTOEDGE_HOME/fleet``),
+    or nowhere with ``BENTOEDGE_FLEET=off``."""
+    if os.environ.get("BENTOEDGE_FLEET", "on").strip().lower() == "off":
+        return None
+    from bentoedge.cloud.fleet.intake import FleetIntake
+    from bentoedge.cloud.fleet.store import open_fleet_store
+
+    return FleetIntake(open_fleet_store(os.environ.get("BENTOEDGE_FLEET_STORE") or None), gate.device)
+
+
 def _current() -> SealedService:
     """The service instance of this worker (BentoML makes one per worker process)."""
     return bentoml.get_current_service()
@@ -145,6 +157,7 @@ class SealedService:
         self._warned_unbatched = False
         try:
             self.gate = gate_from_env(SETTINGS)
+            self.intake = _fleet_intake(self.gate)
             if not MODEL_TAG:
                 raise NotFoundError("BENTOEDGE_MODEL is not set; set it to name[:version] of a sealed model")
             sealed = SealedModel.open(sealed_path_of(self.model))

@@ -17,7 +17,9 @@ Environment (all optional except the model):
     BENTOEDGE_DEVICE            auto | cpu | cuda    (auto: CUDA when onnxruntime offers it)
     BENTOEDGE_CLOUD_ARTIFACT    an artifact id to force, e.g. cloud-int8
     BENTOEDGE_MAX_BATCH         adaptive batching: largest batch (default 32)
-    BENTOEDGE_MAX_LATENCY_MS    adaptive batching: latency budget (default 20)
+    BENTOEDGE_MAX_LATENCY_MS    adaptive batching: latency budget (default 20); BentoML's dispatcher
+                                sheds with 503 what it predicts would miss it (bench/cloud_serving's
+                                goodput curves show how much at each concurrency)
     BENTOEDGE_MAX_PAYLOAD       request body limit in bytes (default 16 MiB)
     BENTOEDGE_ORT_THREADS       intra-op threads per session (default: onnxruntime's)
     BENTOEDGE_AUTH              on (default) | off: off lets every request in (local development)
@@ -27,6 +29,8 @@ Environment (all optional except the model):
     BENTOEDGE_DEVICE_REGISTRY   or a registry file (path or file://) instead of a channel
     BENTOEDGE_REGISTRY_REFRESH_S  how often the registry is fetched again (default 60)
     BENTOEDGE_AUTH_WINDOW_S     how old a device signature may be (default 300)
+    BENTOEDGE_FLEET             on (default) | off: accept devices' signed reports at POST /fleet/reports
+    BENTOEDGE_FLEET_STORE       where they go: a path, file:// or s3:// (default $BENTOEDGE_HOME/fleet)
 """
 
 from __future__ import annotations

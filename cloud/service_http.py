@@ -29,6 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import anyio
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -50,9 +51,12 @@ from bentoedge.bentos.api import (
 )
 from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import RequestError, UnavailableError
+from bentoedge.bentos.fleet_report import MAX_ENVELOPE_BYTES
 from bentoedge.bentos.manifest import Signature
 from bentoedge.bentos.openapi import TAG, prediction_paths
 from bentoedge.cloud.auth import OPEN_PATHS, Gate, refusal
+from bentoedge.cloud.fleet.intake import PATH as FLEET_PATH
+from bentoedge.cloud.fleet.intake import PRINCIPAL_KEY
 
 logger = logging.getLogger("bentoml.bentoedge")  # under "bentoml" so `bentoml serve` shows it
 SERVER_KEY = "bentoedge.server"
@@ -85,6 +89,20 @@ def make_app(backend: Callable[[], Backend]) -> Starlette:
     async def predict(request: Request) -> Response:
         return await _predict(request, backend())
 
+    async def fleet_reports(request: Request) -> Response:
+        intake = getattr(backend(), "intake", None)
+        if intake is None:
+            return _send(json_reply(404, {"error": "this service keeps no fleet store (BENTOEDGE_FLEET=off)"}))
+        try:
+            declared_length(request.method, request.headers.get("content-length"),
+                            request.headers.get("transfer-encoding"), MAX_ENVELOPE_BYTES)
+            body = await request.body()
+        except RequestError as exc:
+            return _send(error_reply(exc))
+        except ClientDisconnect:
+            return Response(status_code=499)
+        return _send(await anyio.to_thread.run_sync(intake.receive, body, str(request.scope.get(PRINCIPAL_KEY, ""))))
+
     async def ping(request: Request) -> Response:
         try:
             ready = backend().is_ready()
@@ -107,6 +125,7 @@ def make_app(backend: Callable[[], Backend]) -> Starlette:
         Route("/predict", predict, methods=["POST"]),
         Route("/invocations", predict, methods=["POST"]),  # SageMaker's name for the same call
         Route("/ping", ping, methods=["GET"]),  # SageMaker's health check
+        Route(FLEET_PATH, fleet_reports, methods=["POST"]),  # signed device reports (cloud.fleet.intake)
     ])
 
 
@@ -246,6 +265,7 @@ class ContractMiddleware:
             logger.info("bentoedge: refused %s %s: %d %s", method, path, verdict.status, verdict.reason)
             await _send_asgi(send, refusal(verdict))
             return None
+        scope[PRINCIPAL_KEY] = verdict.principal  # who it is, for routes that act on it (fleet reports)
         if not body:
             return receive
         sent = False

@@ -317,6 +317,9 @@ def run(config_path: Path | None, port: int | None) -> None:
         click.echo(f"serving on {wired.server.url}", err=True)
         loop = threading.Thread(target=wired.agent.run_forever, args=(stop, wake), name="bentoedge-sync", daemon=True)
         loop.start()
+        from bentoedge.edge.reporter import start_reporting
+
+        start_reporting(cfg, cfg.state_dir, wired.agent.status, wired.server.metrics.summary, stop)
         try:
             while not stop.wait(0.5):
                 pass

@@ -86,6 +86,18 @@ class CloudClient:
         headers = {"Content-Type": content_type or JSON, "Content-Length": str(len(body))}
         if accept:
             headers["Accept"] = accept
+        status, data, resp_headers = self._send(body, headers, deadline)
+        return _check(status, data, resp_headers.get("content-type", ""), resp_headers.get(HEADER_VERSION.lower(), ""),
+                      resp_headers.get(HEADER_MODEL.lower(), ""))
+
+    def post(self, body: bytes, content_type: str, deadline: float) -> tuple[int, bytes]:
+        """POST ``body`` to this client's path, signed like a prediction: the status and body
+        as they came (for calls that are not predictions: fleet reports)."""
+        status, data, _ = self._send(body, {"Content-Type": content_type, "Content-Length": str(len(body))},
+                                     deadline)
+        return status, data
+
+    def _send(self, body: bytes, headers: dict[str, str], deadline: float) -> tuple[int, bytes, dict[str, str]]:
         last: CloudError | None = None
         for _ in range(self.retries + 1):
             left = deadline - time.monotonic()
@@ -99,7 +111,7 @@ class CloudClient:
         assert last is not None
         raise last
 
-    def _once(self, body: bytes, headers: dict[str, str], deadline: float) -> CloudAnswer:
+    def _once(self, body: bytes, headers: dict[str, str], deadline: float) -> tuple[int, bytes, dict[str, str]]:
         conn, reused = self._connection(deadline)
         try:
             try:
@@ -128,8 +140,7 @@ class CloudClient:
             conn.close()
         else:
             self._give_back(conn)
-        return _check(resp.status, data, resp.getheader("content-type") or "",
-                      resp.getheader(HEADER_VERSION) or "", resp.getheader(HEADER_MODEL) or "")
+        return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
 
     def _read(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, deadline: float) -> bytes:
         chunks: list[bytes] = []
@@ -247,9 +258,9 @@ def _check(status: int, data: bytes, content_type: str, version: str, name: str)
                        name or str(model.get("name", "")), doc)
 
 
-def identity_signer(key_file: Path, clock: Callable[[], float] = time.time) -> Signer | None:
-    """Signs calls with the device's identity key (``STATE/identity.key``); None when the
-    device has none (provisioned before identities: ``agent init --force`` makes one)."""
+def load_identity(key_file: Path) -> Ed25519PrivateKey | None:
+    """The device's identity key (``STATE/identity.key``); None when the device has none
+    (provisioned before identities: ``agent init --force`` makes one)."""
     try:
         data = key_file.read_bytes()
     except FileNotFoundError:
@@ -261,7 +272,14 @@ def identity_signer(key_file: Path, clock: Callable[[], float] = time.time) -> S
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyMissingError(f"{key_file} is not an Ed25519 private key; run 'bentoedge agent init --force' "
                               "and enroll the device again")
-    ed_key = key
+    return key
+
+
+def identity_signer(key_file: Path, clock: Callable[[], float] = time.time) -> Signer | None:
+    """Signs calls with the device's identity key; None when the device has none."""
+    ed_key = load_identity(key_file)
+    if ed_key is None:
+        return None
 
     def sign(method: str, path: str, body: bytes) -> Mapping[str, str]:
         return sign_request(ed_key, method, path, body, clock())

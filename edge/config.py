@@ -60,6 +60,7 @@ class AgentConfig:
     host: str = "127.0.0.1"
     mode: Mode = "prefer_edge"
     poll_seconds: float = 300.0
+    report_seconds: float = 900.0  # a fleet report at least this often while idle (and after every sync)
     device_class: str = "default"
     agent_version: str = "0.1.0"
     model: str = ""  # which model name to follow on the channel; "" means the only one published
@@ -72,7 +73,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.01, "cloud_timeout_s": 0.01})
+        _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.01, "report_seconds": 0.01,
+                                      "cloud_timeout_s": 0.01})
         if not 0 <= self.port < 65536:  # 0: the server picks a free port
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         for name in ("device_id", "channel", "cloud", "state", "host", "device_class", "model"):
