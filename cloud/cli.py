@@ -227,9 +227,14 @@ def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max
     m = sealed.manifest
     d = SageMakerDesired(endpoint, m.name, m.version, image, role, memory, max_concurrency,
                          _container_env(sealed, allow_no_kms))
-    result = deploy_sagemaker(d, Clients(endpoint_url, region), say=click.echo)
+    clients = Clients(endpoint_url, region)
+    result = deploy_sagemaker(d, clients, say=click.echo)
     if result.changed:
         click.echo(f"endpoint {endpoint} -> {m.tag} ({len(result.done)} change(s))")
+    where = clients("sagemaker").meta.region_name
+    # What a caller (or a device with AWS credentials, signing SigV4) posts to:
+    click.echo(f"invoke: https://runtime.sagemaker.{where}.amazonaws.com/endpoints/{endpoint}/invocations "
+               "(SigV4; a device without AWS credentials needs a function URL or gateway in front)")
 
 
 @deploy.command("lambda")

@@ -140,6 +140,7 @@ def test_sagemaker_create_idempotent_delete(aws: str, tiny_sealed: TinySealed) -
     code, out = cli(*args)
     assert code == 0, out
     assert "create model" in out and "create endpoint config" in out and "create endpoint: tiny-ep" in out
+    assert "invoke: https://runtime.sagemaker.us-east-1.amazonaws.com/endpoints/tiny-ep/invocations" in out
     first = endpoint_config(aws, "tiny-ep")
     assert first is not None
 
