@@ -44,6 +44,7 @@ ALLOWED = {
     "click": "the command line (bentoedge agent run --config ...)",
     "numpy": "tensors",
     "ai_edge_litert": "the TFLite runtime", "tflite_runtime": "the TFLite runtime where LiteRT is absent",
+    "cython_runtime": "the module every Cython extension makes (tflite-runtime, numpy < 2)",
     "cryptography": "signatures, key unwrap, AES-GCM",
     "blake3": "sealed format 1.1 segment digests",
     "orjson": "JSON bodies",
