@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from keys_support import identity_pem, x25519_pem
 from service_support import TinySealed, free_port
 
 from bentoedge.bentos import auth, httpsig
@@ -27,17 +28,6 @@ from bentoedge.cloud.channel import Channel
 from bentoedge.edge.cloud_client import CloudClient, identity_signer
 
 BODY = json.dumps({"inputs": {"x": np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 64).tolist()}}).encode()
-
-
-def _pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _x25519_pem() -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    return X25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass
@@ -60,8 +50,8 @@ def world(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactory) -> 
     tmp = tmp_path_factory.mktemp("auth")
     ch = Channel.init((tmp / "chan").as_uri(), home=tmp / "publisher")
     a, b, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    ch.enroll("dev-a", _x25519_pem(), _pem(a))
-    ch.enroll("dev-b", _x25519_pem(), _pem(b))
+    ch.enroll("dev-a", x25519_pem(), identity_pem(a))
+    ch.enroll("dev-b", x25519_pem(), identity_pem(b))
     (tmp / "root.json").write_bytes(ch.root_bytes(1))
     keys = ApiKeyStore(tmp / "api_keys.json")
     port = free_port()
@@ -235,7 +225,7 @@ def test_a_device_agent_forwards_signed_calls_and_relays_its_revocation(world: W
     c = Ed25519PrivateKey.generate()
     (tmp_path / "identity.key").write_bytes(c.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    world.channel.enroll("dev-c", _x25519_pem(), _pem(c))
+    world.channel.enroll("dev-c", x25519_pem(), identity_pem(c))
     cfg = AgentConfig(device_id="dev-c", channel="file:///nowhere", cloud=world.url, state=str(tmp_path), port=0,
                       cloud_timeout_s=20)
     with AgentServer(cfg, ActiveModel()) as srv:  # no model on the device: every request is forwarded

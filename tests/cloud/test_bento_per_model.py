@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -138,11 +137,10 @@ def test_the_bento_serves_its_model_with_plain_bentoml_serve(tiny_sealed: TinySe
 
     # A worker that will not serve (no trusted signer here) stops the server, in one line.
     bare = dict(env, BENTOEDGE_HOME=str(tmp_path / "no-keys"))
-    started = time.monotonic()
+    # A server that kept restarting its worker would never exit: the timeout would raise here.
     res = subprocess.run([sys.executable, "-m", "bentoml", "serve", "tiny-cpu:v1", "--port", str(free_port())],
                          env=bare, capture_output=True, text=True, timeout=120)
     out = res.stdout + res.stderr
-    assert time.monotonic() - started < 110, "the server kept restarting its worker"
     assert out.count("bentoedge: refusing to serve tiny:v1") == 1 and "Traceback" not in out, out[-3000:]
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from cli_support import run_cli
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from keys_support import identity_pem, x25519_pem
 from service_support import free_port, seal_tiny
 
 from bentoedge.bentos import auth
@@ -34,17 +34,6 @@ from bentoedge.edge.reporter import MAX_BUFFERED, Reporter
 
 pytest.importorskip("bentoml")
 pytestmark = pytest.mark.slow
-
-
-def _pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _x25519_pem() -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    return X25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass
@@ -68,8 +57,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tiny_sealed = seal_tiny(tmp / "cloud-home", name="fleet-tiny")
     ch = Channel.init((tmp / "chan").as_uri(), home=tmp / "publisher")
     a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    ch.enroll("dev-a", _x25519_pem(), _pem(a))
-    ch.enroll("dev-b", _x25519_pem(), _pem(b))
+    ch.enroll("dev-a", x25519_pem(), identity_pem(a))
+    ch.enroll("dev-b", x25519_pem(), identity_pem(b))
     (tmp / "root.json").write_bytes(ch.root_bytes(1))
     port, log = free_port(), tmp / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "BENTOEDGE_AUTH"}

@@ -128,9 +128,7 @@ def test_a_crash_mid_write_leaves_everything_readable(tmp_path: Path, crash_at: 
 def test_a_killed_writer_process_leaves_everything_readable(tmp_path: Path) -> None:
     """A real SIGKILL at an arbitrary instant of a writing loop (bounded: 3000 reports, 20 s)."""
     script = textwrap.dedent(f"""
-        import sys
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        sys.path.insert(0, {str(Path(__file__).parents[2])!r})  # tests/, where fleet_support lives
         from fleet_support import make_report, signed
         from bentoedge.cloud.channel.storage import FolderStorage
         from bentoedge.cloud.fleet.store import FleetStore
@@ -141,7 +139,8 @@ def test_a_killed_writer_process_leaves_everything_readable(tmp_path: Path) -> N
             if seq == 20:
                 print("going", flush=True)
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # tests/ holds fleet_support; bentoedge itself is the installed package
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"going"
