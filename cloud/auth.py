@@ -15,6 +15,11 @@ handler (``aws_lambda``) alike:
   so ``keys api revoke`` takes effect on the next request.
 - the replay cache (nonces seen within the window), per process.
 
+``BENTOEDGE_AUTH=iam`` leaves callers to AWS IAM, for a service that AWS alone can reach:
+a SageMaker endpoint (InvokeEndpoint is SigV4-signed and does not pass the device's own
+signature headers on) or a Lambda function URL with AuthType AWS_IAM.  The Lambda handler
+then takes only events whose request context names the IAM caller.
+
 ``BENTOEDGE_AUTH=off`` (or ``bentoedge serve --no-auth``) lets every request in and says so
 loudly at start.  Health and metrics routes are open (``OPEN_PATHS``).
 """
@@ -44,8 +49,11 @@ MAX_REGISTRY_BYTES = 16 << 20
 Fetch = Callable[[], bytes | None]
 
 
-def channel_fetch(url: str, root: bytes, cache: Path) -> Fetch:
-    """The registry as the channel's signed metadata pins it (None: no registry published yet)."""
+def channel_fetch(url: str, root: bytes | Callable[[], bytes], cache: Path) -> Fetch:
+    """The registry as the channel's signed metadata pins it (None: no registry published yet).
+
+    ``root`` is the trusted root.json, or what finds it on first use (a fingerprint checked
+    against the channel: a refresh that cannot reach the channel yet keeps trying)."""
     from bentoedge.edge.fetchers import fetcher_for
     from bentoedge.edge.sync.tuf_access import open_updater
 
@@ -59,7 +67,8 @@ def channel_fetch(url: str, root: bytes, cache: Path) -> Fetch:
         except OSError:  # a read-only home (a Lambda environment): the temporary folder will do
             where = Path(tempfile.gettempdir()) / "bentoedge-cloud-tuf" / cache.name
             where.mkdir(parents=True, exist_ok=True)
-        updater = open_updater(where, f"{base}/{METADATA_DIR}/", f"{base}/{TARGETS_DIR}/", fetcher, root)
+        trusted = root if isinstance(root, bytes) else root()
+        updater = open_updater(where, f"{base}/{METADATA_DIR}/", f"{base}/{TARGETS_DIR}/", fetcher, trusted)
         updater.refresh()
         info = updater.get_targetinfo(DEVICES_TARGET)
         if info is None:
@@ -83,18 +92,34 @@ def file_fetch(spec: str) -> Fetch:
 
 def registry_fetch(settings: CloudSettings, home: Path) -> Fetch | None:
     if settings.channel:
+        cache = home / "cloud-tuf" / hashlib.sha256(settings.channel.encode()).hexdigest()[:16]
+        if not settings.channel_root and settings.channel_root_sha256:
+            return channel_fetch(settings.channel, _anchored(settings.channel, settings.channel_root_sha256), cache)
         if not settings.channel_root:
-            raise ConfigError("BENTOEDGE_CHANNEL needs BENTOEDGE_CHANNEL_ROOT: the channel's trusted root.json "
-                              "(a device's STATE/root.json, or the channel's 1.root.json checked by fingerprint)")
+            raise ConfigError("BENTOEDGE_CHANNEL needs BENTOEDGE_CHANNEL_ROOT (the channel's trusted root.json, "
+                              "e.g. a device's STATE/root.json) or BENTOEDGE_CHANNEL_ROOT_SHA256 (the fingerprint "
+                              "'bentoedge channel init' printed)")
         try:
             root = Path(settings.channel_root).read_bytes()
         except OSError as exc:
             raise ConfigError(f"BENTOEDGE_CHANNEL_ROOT={settings.channel_root}: {exc.strerror}") from None
-        cache = home / "cloud-tuf" / hashlib.sha256(settings.channel.encode()).hexdigest()[:16]
         return channel_fetch(settings.channel, root, cache)
     if settings.registry:
         return file_fetch(settings.registry)
     return None
+
+
+def _anchored(channel: str, sha256: str) -> Callable[[], bytes]:
+    """The channel's newest root, found from its 1.root.json by fingerprint once, then kept."""
+    found: list[bytes] = []
+
+    def root() -> bytes:
+        if not found:
+            from bentoedge.edge.sync.anchor import trusted_root
+
+            found.append(trusted_root(channel, sha256, None)[0])
+        return found[0]
+    return root
 
 
 class Gate:
@@ -103,6 +128,7 @@ class Gate:
     def __init__(self, settings: CloudSettings, home: Path, clock: Callable[[], float] = time.time,
                  fetch: Fetch | None = None) -> None:
         self.enabled = settings.auth
+        self.by_iam = settings.auth_by_iam
         self.window_s = settings.auth_window_s
         self.refresh_s = settings.registry_refresh_s
         self._clock = clock
@@ -117,6 +143,11 @@ class Gate:
 
     def announce(self) -> None:
         """The start-up log line: loud when nothing is checked."""
+        if self.by_iam:
+            logger.info("bentoedge: callers are authenticated by AWS IAM (BENTOEDGE_AUTH=iam): SageMaker "
+                        "InvokeEndpoint or a function URL with AuthType AWS_IAM checks their SigV4 signatures; "
+                        "do not expose this service any other way")
+            return
         if not self.enabled:
             logger.warning("bentoedge: AUTHENTICATION IS OFF (BENTOEDGE_AUTH=off): anyone who can reach this "
                            "service can query the model; use this for local development only")

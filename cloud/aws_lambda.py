@@ -66,7 +66,7 @@ from bentoedge.bentos.api import (
     parse_request,
     prediction_reply,
 )
-from bentoedge.bentos.auth import credentials
+from bentoedge.bentos.auth import Verdict, credentials
 from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.cloud.auth import OPEN_PATHS, Gate, gate_from_env, refusal
@@ -109,6 +109,7 @@ class HttpRequest:
     body: bytes
     has_body: bool  # the event carried a body (an empty string counts), so its length is known
     sent_path: str = ""  # the path as the client sent it (stage prefix kept): what a signature covers
+    iam_caller: str = ""  # the caller AWS IAM authenticated (function URL with AuthType AWS_IAM), if any
 
     @property
     def content_length(self) -> str | None:
@@ -154,7 +155,22 @@ def parse_event(event: object) -> HttpRequest:
     ):
         raise RequestError("the event's headers are not a JSON object of strings; " + _INVOKE_HINT)
     headers = {k.lower(): v for k, v in raw_headers.items()}
-    return HttpRequest(http["method"].upper(), path, headers, *_body(event), sent_path=sent_path)
+    return HttpRequest(http["method"].upper(), path, headers, *_body(event), sent_path=sent_path,
+                       iam_caller=_iam_caller(ctx))
+
+
+def _iam_caller(ctx: Mapping[str, Any]) -> str:
+    """Who AWS IAM says sent the request: Lambda fills ``requestContext.authorizer.iam`` only
+    after it checked a SigV4 signature (AuthType AWS_IAM); with AuthType NONE it is absent."""
+    authorizer = ctx.get("authorizer")
+    iam = authorizer.get("iam") if isinstance(authorizer, Mapping) else None
+    if not isinstance(iam, Mapping):
+        return ""
+    for field_name in ("userArn", "callerId", "accessKey"):
+        value = iam.get(field_name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 _INVOKE_HINT = (
@@ -413,8 +429,18 @@ class LambdaHandler:
     def _authenticate(self, request: HttpRequest, settings: CloudSettings) -> Reply | None:
         """The service's own check (``cloud.auth.Gate``); the registry is refreshed here when
         due, since a Lambda environment has no time between requests for a thread."""
-        key = (settings.auth, settings.api_keys_file, settings.channel, settings.channel_root, settings.registry,
-               settings.registry_refresh_s, settings.auth_window_s, self._env.get("BENTOEDGE_HOME"))
+        if settings.auth_by_iam:
+            if request.iam_caller:
+                return None
+            # The function trusts IAM, yet IAM did not vouch for this event: its URL's AuthType
+            # is NONE, or it was invoked some other way.  Refuse rather than serve everyone.
+            logger.warning("bentoedge: refused %s %s: BENTOEDGE_AUTH=iam but the event names no IAM caller",
+                           request.method, request.path)
+            return refusal(Verdict(401, "this function takes only requests AWS IAM signed (SigV4); "
+                                        "call its function URL with AuthType AWS_IAM"))
+        key = (settings.auth, settings.api_keys_file, settings.channel, settings.channel_root,
+               settings.channel_root_sha256, settings.registry, settings.registry_refresh_s, settings.auth_window_s,
+               self._env.get("BENTOEDGE_HOME"))
         if self._gate is None or self._gate[0] != key:
             try:
                 self._gate = (key, gate_from_env(settings, self._env))

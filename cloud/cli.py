@@ -28,6 +28,7 @@ import click
 from bentoedge.bentos.errors import DeployError, HealthCheckError, UsageError
 from bentoedge.bentos.keystore import LocalKeys, default_home
 from bentoedge.bentos.sealed import SealedModel
+from bentoedge.cloud.deploy.plan import URL_AUTH
 
 
 def _sealed(tag: str) -> SealedModel:
@@ -208,6 +209,11 @@ def _container_env(sealed: SealedModel, allow_no_kms: bool = False) -> dict[str,
             "BENTOEDGE_KMS": "1", "BENTOML_DO_NOT_TRACK": "true"}
 
 
+#: SageMaker InvokeEndpoint is SigV4-signed and checked by IAM, and it passes only its own
+#: headers on to the container: a device's signature headers never arrive, so IAM is the gate.
+SAGEMAKER_AUTH = {"BENTOEDGE_AUTH": "iam"}
+
+
 @deploy.command("sagemaker")
 @click.argument("model")
 @click.option("--endpoint", required=True, help="SageMaker endpoint name.")
@@ -226,7 +232,7 @@ def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max
     sealed = _sealed(model)
     m = sealed.manifest
     d = SageMakerDesired(endpoint, m.name, m.version, image, role, memory, max_concurrency,
-                         _container_env(sealed, allow_no_kms))
+                         _container_env(sealed, allow_no_kms) | SAGEMAKER_AUTH)
     clients = Clients(endpoint_url, region)
     result = deploy_sagemaker(d, clients, say=click.echo)
     if result.changed:
@@ -244,23 +250,53 @@ def sagemaker(model: str, endpoint: str, image: str, role: str, memory: int, max
 @click.option("--role", required=True, help="Execution role ARN Lambda assumes.")
 @click.option("--memory", default=2048, show_default=True, type=int, help="MemorySize in MB (128-10240).")
 @click.option("--timeout", "timeout_s", default=60, show_default=True, type=int, help="Timeout in seconds.")
+@click.option("--url-auth", type=click.Choice(sorted(URL_AUTH)), default=None,
+              help="Give the function a URL: iam (callers sign SigV4; devices need bentoedge[aws]) or none "
+                   "(public: the service checks device signatures against --channel's registry).")
+@click.option("--channel", default=None, help="The channel whose signed device registry lets devices in.")
+@click.option("--channel-root-sha256", default=None, metavar="HEX",
+              help="SHA-256 of the channel's 1.root.json ('bentoedge channel init' printed it).")
 @_ALLOW_NO_KMS
 @_aws_options
-def lambda_(model: str, function: str, image: str, role: str, memory: int, timeout_s: int,
-            allow_no_kms: bool, region: str | None, endpoint_url: str | None) -> None:
-    """Create or update Lambda container function FUNCTION to serve MODEL (NAME:VERSION)."""
-    from bentoedge.cloud.deploy.aws import Clients, deploy_lambda
+def lambda_(model: str, function: str, image: str, role: str, memory: int, timeout_s: int, url_auth: str | None,
+            channel: str | None, channel_root_sha256: str | None, allow_no_kms: bool, region: str | None,
+            endpoint_url: str | None) -> None:
+    """Create or update Lambda container function FUNCTION to serve MODEL (NAME:VERSION).
+
+    \b
+    Examples:
+      bentoedge deploy lambda digits:v2 --function digits --image 1234.dkr.ecr.eu-west-1.amazonaws.com/digits:v2 \\
+          --role arn:aws:iam::123456789012:role/digits --url-auth iam
+      bentoedge deploy lambda digits:v2 ... --url-auth none --channel s3://fleet/digits --channel-root-sha256 3f5a...
+    """
+    from bentoedge.cloud.deploy.aws import Clients, deploy_lambda, function_url_config
     from bentoedge.cloud.deploy.plan import LambdaDesired
 
+    if channel and not channel_root_sha256:
+        raise UsageError("--channel needs --channel-root-sha256 HEX (printed by 'bentoedge channel init'), so the "
+                         "function trusts the channel's root and nothing else")
     sealed = _sealed(model)
     m = sealed.manifest
     # The image (bentoedge containerize --target lambda) enters through awslambdaric and the
     # handler, which reads the model and settings from this environment.
     env = _container_env(sealed, allow_no_kms) | {"BENTOEDGE_HOME": "/tmp/bentoedge"}
-    d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env)
-    result = deploy_lambda(d, Clients(endpoint_url, region), say=click.echo)
+    if channel:
+        env |= {"BENTOEDGE_CHANNEL": channel, "BENTOEDGE_CHANNEL_ROOT_SHA256": str(channel_root_sha256).lower()}
+    elif url_auth == "iam":
+        env["BENTOEDGE_AUTH"] = "iam"  # no registry to check devices against: IAM alone lets callers in
+    d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env,
+                      URL_AUTH[url_auth] if url_auth else None)
+    clients = Clients(endpoint_url, region)
+    result = deploy_lambda(d, clients, say=click.echo)
     if result.changed:
         click.echo(f"function {function} -> {m.tag} ({len(result.done)} change(s))")
+    url = function_url_config(clients, function)
+    if url is None:
+        click.echo("no function URL: pass --url-auth iam|none to give devices one (or put API Gateway in front)")
+    else:
+        how = ("callers sign SigV4 (a device needs AWS credentials and bentoedge[aws])" if url["AuthType"] == "AWS_IAM"
+               else "public; devices sign with their identity keys")
+        click.echo(f"invoke: {url['FunctionUrl'].rstrip('/')} ({how}); use it as the device's --cloud")
 
 
 @deploy.command("delete")

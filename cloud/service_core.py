@@ -22,10 +22,15 @@ Environment (all optional except the model):
                                 goodput curves show how much at each concurrency)
     BENTOEDGE_MAX_PAYLOAD       request body limit in bytes (default 16 MiB)
     BENTOEDGE_ORT_THREADS       intra-op threads per session (default: onnxruntime's)
-    BENTOEDGE_AUTH              on (default) | off: off lets every request in (local development)
+    BENTOEDGE_AUTH              on (default) | off | iam: off lets every request in (local development);
+                                iam leaves callers to AWS IAM (SageMaker InvokeEndpoint, or a function
+                                URL with AuthType AWS_IAM), which checks a SigV4 signature before the
+                                request arrives; the Lambda handler then takes only events IAM signed
     BENTOEDGE_API_KEYS_FILE     hashed API keys (default $BENTOEDGE_HOME/keys/api_keys.json)
     BENTOEDGE_CHANNEL           the channel whose signed device registry lets devices in ...
     BENTOEDGE_CHANNEL_ROOT      ... read from this trusted root.json (TUF)
+    BENTOEDGE_CHANNEL_ROOT_SHA256  or the channel's own 1.root.json, taken only when its SHA-256 is
+                                this (what ``channel init`` prints; fits a Lambda environment)
     BENTOEDGE_DEVICE_REGISTRY   or a registry file (path or file://) instead of a channel
     BENTOEDGE_REGISTRY_REFRESH_S  how often the registry is fetched again (default 60)
     BENTOEDGE_AUTH_WINDOW_S     how old a device signature may be (default 300)
@@ -63,9 +68,11 @@ class CloudSettings:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     ort_threads: int | None = None
     auth: bool = True
+    auth_by_iam: bool = False  # BENTOEDGE_AUTH=iam: AWS IAM checked the caller before the request came
     api_keys_file: str | None = None
     channel: str | None = None
     channel_root: str | None = None
+    channel_root_sha256: str | None = None
     registry: str | None = None
     registry_refresh_s: int = 60
     auth_window_s: int = 300
@@ -77,8 +84,8 @@ class CloudSettings:
             raise ConfigError(f"BENTOEDGE_DEVICE={device!r}: use auto, cpu or cuda")
         kms = env.get("BENTOEDGE_KMS")
         auth = (env.get("BENTOEDGE_AUTH") or "on").strip().lower()
-        if auth not in ("on", "off", "1", "0", "true", "false"):
-            raise ConfigError(f"BENTOEDGE_AUTH={auth!r}: use on or off")
+        if auth not in ("on", "off", "iam", "1", "0", "true", "false"):
+            raise ConfigError(f"BENTOEDGE_AUTH={auth!r}: use on, off or iam")
         return cls(
             model=(env.get("BENTOEDGE_MODEL") or "").strip() or None,
             device=device,
@@ -91,9 +98,11 @@ class CloudSettings:
             max_payload=_int(env, "BENTOEDGE_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD),
             ort_threads=_int(env, "BENTOEDGE_ORT_THREADS", 0) or None,
             auth=auth in ("on", "1", "true"),
+            auth_by_iam=auth == "iam",
             api_keys_file=_str(env, "BENTOEDGE_API_KEYS_FILE"),
             channel=_str(env, "BENTOEDGE_CHANNEL"),
             channel_root=_str(env, "BENTOEDGE_CHANNEL_ROOT"),
+            channel_root_sha256=_str(env, "BENTOEDGE_CHANNEL_ROOT_SHA256"),
             registry=_str(env, "BENTOEDGE_DEVICE_REGISTRY"),
             registry_refresh_s=max(1, _int(env, "BENTOEDGE_REGISTRY_REFRESH_S", 60)),
             auth_window_s=max(1, _int(env, "BENTOEDGE_AUTH_WINDOW_S", 300)),

@@ -9,7 +9,6 @@ the same process until SIGTERM or Ctrl-C.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import secrets
@@ -26,75 +25,21 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from tuf.api import exceptions as tuf_exc
 
-from bentoedge.bentos.channel_layout import METADATA_DIR
 from bentoedge.bentos.errors import (
-    BentoEdgeError,
-    ChannelError,
     KeyMissingError,
     UsageError,
-    VerificationError,
 )
 from bentoedge.bentos.keystore import default_home, load_ed25519_public, write_private
 from bentoedge.edge import config as agent_config
-from bentoedge.edge.fetchers import fetcher_for
 from bentoedge.edge.state import DeviceState
-from bentoedge.edge.sync.tuf_access import verified_root_chain
-
-MAX_ROOTS = 256
-
-
-def _fetch_root(channel: str) -> Callable[[int], bytes | None]:
-    """``n -> n.root.json`` of the channel, None where there is none."""
-    fetcher = fetcher_for(channel)
-    base = channel.rstrip("/") + f"/{METADATA_DIR}/"
-
-    def fetch(n: int) -> bytes | None:
-        try:
-            return fetcher.download_bytes(f"{base}{n}.root.json", 512_000)
-        except tuf_exc.DownloadHTTPError as exc:
-            if exc.status_code in (403, 404):
-                return None
-            raise ChannelError(f"cannot read {base}{n}.root.json: {exc}") from None
-        except tuf_exc.DownloadError as exc:
-            raise ChannelError(f"cannot reach channel {channel}: {exc.__cause__ or exc}") from None
-    return fetch
+from bentoedge.edge.sync.anchor import trusted_root
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def trusted_root(channel: str, root_sha256: str | None, root_file: Path | None) -> tuple[bytes, int]:
-    """The channel root to embed: anchored by the operator, then verified root by root.
-
-    The anchor is a root file the operator brings, or the channel's ``1.root.json`` when its
-    SHA-256 matches the fingerprint ``channel init`` printed.  Every newer root must be
-    signed by the threshold of the one before (and of itself): a forged ``2.root.json`` is
-    refused here, at provisioning, not discovered later as updates that never verify.
-    """
-    fetch = _fetch_root(channel)
-    if root_file is not None:
-        anchor = root_file.read_bytes()
-    else:
-        assert root_sha256 is not None
-        first = fetch(1)
-        if first is None:
-            raise ChannelError(f"{channel} has no {METADATA_DIR}/1.root.json; is it a bentoedge channel (channel init)?")
-        if hashlib.sha256(first).hexdigest() != root_sha256.strip().lower():
-            raise VerificationError(f"the channel's 1.root.json has SHA-256 {hashlib.sha256(first).hexdigest()[:16]}..., "
-                                    "not the --root-sha256 given: do not provision against this channel")
-        anchor = first
-    try:
-        return verified_root_chain(anchor, fetch, MAX_ROOTS)
-    except BentoEdgeError:
-        raise
-    except Exception as exc:  # tuf's RepositoryError kinds, or bytes that are no root
-        raise VerificationError(f"the channel's roots do not verify from the trusted one: {exc}; "
-                                "do not provision against this channel") from None
 
 
 @click.group()

@@ -157,8 +157,33 @@ def lambda_current(clients: Clients, function: str) -> LambdaCurrent:
             return LambdaCurrent()
         raise DeployError(f"cannot read Lambda function {function}: {exc}") from None
     conf = resp.get("Configuration", {})
+    url = function_url_config(clients, function)
     return LambdaCurrent(True, resp.get("Code", {}).get("ImageUri"),
-                         conf.get("Environment", {}).get("Variables", {}), conf.get("MemorySize"))
+                         conf.get("Environment", {}).get("Variables", {}), conf.get("MemorySize"),
+                         url.get("AuthType") if url else None, policy_statements(clients, function))
+
+
+def function_url_config(clients: Clients, function: str) -> dict[str, Any] | None:
+    """The function's URL configuration (``FunctionUrl``, ``AuthType``), None when it has none."""
+    try:
+        return dict(clients("lambda").get_function_url_config(FunctionName=function))
+    except Exception as exc:
+        if _error_code(exc) == "ResourceNotFoundException":
+            return None
+        raise DeployError(f"cannot read the function URL of {function}: {exc}") from None
+
+
+def policy_statements(clients: Clients, function: str) -> frozenset[str]:
+    """The ids of the statements in the function's resource policy."""
+    import json
+
+    try:
+        policy = clients("lambda").get_policy(FunctionName=function)["Policy"]
+    except Exception as exc:
+        if _error_code(exc) == "ResourceNotFoundException":
+            return frozenset()
+        raise DeployError(f"cannot read the resource policy of {function}: {exc}") from None
+    return frozenset(str(st.get("Sid", "")) for st in json.loads(policy).get("Statement", []))
 
 
 def deploy_lambda(d: LambdaDesired, clients: Clients, say: Callable[[str], None] = print) -> Result:

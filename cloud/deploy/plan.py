@@ -6,7 +6,12 @@ and the *endpoint*.  Models and configs are immutable in SageMaker, so each vers
 its own, named after the endpoint, the sealed model version and a short hash of what
 they hold; a new version is a new config followed by ``update_endpoint`` (SageMaker
 switches traffic when the new one is healthy).  Lambda needs one function
-(``PackageType='Image'``); a new version is ``update_function_code``.
+(``PackageType='Image'``); a new version is ``update_function_code``.  It may have a
+*function URL* (``--url-auth``): ``AWS_IAM`` (callers sign SigV4) or ``NONE`` (public; the
+service checks device signatures itself), which also needs the two resource-policy
+statements AWS asks of public URLs since October 2025 (``lambda:InvokeFunctionUrl`` with
+``FunctionUrlAuthType=NONE`` and ``lambda:InvokeFunction`` with ``InvokedViaFunctionUrl``).
+Moving a URL from NONE to AWS_IAM removes those statements again.
 
 Deploying the same thing twice plans nothing, which is what makes deploys idempotent.
 No I/O here: ``cloud.deploy.aws`` reads the current state and runs the steps.
@@ -121,6 +126,15 @@ def plan_sagemaker_delete(endpoint: str, cur: SageMakerCurrent, owned_prefix: st
     return steps
 
 
+#: Function URL auth types, by the spelling of ``--url-auth``.
+URL_AUTH = {"iam": "AWS_IAM", "none": "NONE"}
+#: The resource-policy statements a public (AuthType NONE) function URL needs, by id.
+PUBLIC_URL_STATEMENTS: Mapping[str, Mapping[str, object]] = {
+    "bentoedge-url-public": {"Action": "lambda:InvokeFunctionUrl", "Principal": "*", "FunctionUrlAuthType": "NONE"},
+    "bentoedge-url-invoke": {"Action": "lambda:InvokeFunction", "Principal": "*", "InvokedViaFunctionUrl": True},
+}
+
+
 @dataclass(frozen=True)
 class LambdaDesired:
     function: str
@@ -131,6 +145,7 @@ class LambdaDesired:
     memory_mb: int = 2048
     timeout_s: int = 60
     env: Mapping[str, str] = field(default_factory=dict)
+    url_auth: str | None = None  # "AWS_IAM" or "NONE": a function URL with that AuthType; None: leave URLs be
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,8 @@ class LambdaCurrent:
     image: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     memory_mb: int | None = None
+    url_auth: str | None = None  # the function URL's AuthType; None: no URL
+    statements: frozenset[str] = frozenset()  # resource-policy statement ids
 
 
 def validate_lambda(d: LambdaDesired) -> None:
@@ -150,6 +167,15 @@ def validate_lambda(d: LambdaDesired) -> None:
         raise DeployError(f"execution role {d.role!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME); pass --role")
     if not 128 <= d.memory_mb <= 10240:
         raise DeployError(f"--memory {d.memory_mb}: Lambda takes 128 to 10240 MB")
+    if d.url_auth not in (None, *URL_AUTH.values()):
+        raise DeployError(f"function URL auth {d.url_auth!r}: use iam or none")
+    if d.url_auth == "NONE" and d.env.get("BENTOEDGE_AUTH", "on") != "on":
+        raise DeployError("a function URL with --url-auth none is public: the service must check callers itself, "
+                          f"but BENTOEDGE_AUTH={d.env.get('BENTOEDGE_AUTH')}; use --url-auth iam")
+    if d.url_auth == "NONE" and not d.env.get("BENTOEDGE_CHANNEL"):
+        raise DeployError("a function URL with --url-auth none is public, and the service can check callers only "
+                          "against the channel's device registry: pass --channel URL --channel-root-sha256 HEX, "
+                          "or use --url-auth iam")
 
 
 def plan_lambda(d: LambdaDesired, cur: LambdaCurrent) -> list[Step]:
@@ -158,7 +184,8 @@ def plan_lambda(d: LambdaDesired, cur: LambdaCurrent) -> list[Step]:
     if not cur.exists:
         return [Step("create_function", d.function, {
             "FunctionName": d.function, "PackageType": "Image", "Code": {"ImageUri": d.image}, "Role": d.role,
-            "MemorySize": d.memory_mb, "Timeout": d.timeout_s, "Environment": env, "Publish": True})]
+            "MemorySize": d.memory_mb, "Timeout": d.timeout_s, "Environment": env, "Publish": True}),
+            *plan_function_url(d, LambdaCurrent())]
     steps = []
     if dict(cur.env) != dict(d.env) or cur.memory_mb != d.memory_mb:
         steps.append(Step("update_function_configuration", d.function, {
@@ -166,6 +193,28 @@ def plan_lambda(d: LambdaDesired, cur: LambdaCurrent) -> list[Step]:
     if cur.image != d.image:
         steps.append(Step("update_function_code", d.function,
                           {"FunctionName": d.function, "ImageUri": d.image, "Publish": True}))
+    return steps + plan_function_url(d, cur)
+
+
+def plan_function_url(d: LambdaDesired, cur: LambdaCurrent) -> list[Step]:
+    """The function URL ``d.url_auth`` asks for, and exactly the public statements it needs.
+
+    The configuration change comes first when closing a URL (NONE -> AWS_IAM), and the
+    public statements go only after it, so at no point is an IAM URL's policy left public
+    or a public URL's left without its AuthType."""
+    if d.url_auth is None:
+        return []
+    steps: list[Step] = []
+    url_args = {"FunctionName": d.function, "AuthType": d.url_auth}
+    if cur.url_auth is None:
+        steps.append(Step("create_function_url_config", d.function, url_args))
+    elif cur.url_auth != d.url_auth:
+        steps.append(Step("update_function_url_config", d.function, url_args))
+    for sid, statement in PUBLIC_URL_STATEMENTS.items():
+        if d.url_auth == "NONE" and sid not in cur.statements:
+            steps.append(Step("add_permission", sid, {"FunctionName": d.function, "StatementId": sid, **statement}))
+        if d.url_auth != "NONE" and sid in cur.statements:
+            steps.append(Step("remove_permission", sid, {"FunctionName": d.function, "StatementId": sid}))
     return steps
 
 
@@ -174,7 +223,11 @@ def undo(step: Step) -> Step | None:
     inverse = {"create_model": ("delete_model", "ModelName"),
                "create_endpoint_config": ("delete_endpoint_config", "EndpointConfigName"),
                "create_endpoint": ("delete_endpoint", "EndpointName"),
-               "create_function": ("delete_function", "FunctionName")}
+               "create_function": ("delete_function", "FunctionName"),
+               "create_function_url_config": ("delete_function_url_config", "FunctionName")}
+    if step.action == "add_permission":
+        return Step("remove_permission", step.resource,
+                    {"FunctionName": step.args["FunctionName"], "StatementId": step.resource})
     if step.action not in inverse:
         return None
     action, key = inverse[step.action]

@@ -6,6 +6,7 @@ whole session, because each start costs seconds on two cores.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +41,20 @@ def tiny_server(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactor
 def moto_url(moto_server: str) -> str:
     """The session's one real ``moto_server`` process (tests/conftest.py), by the name these tests use."""
     return moto_server
+
+
+@pytest.fixture()
+def aws(moto_url: str, tiny_sealed: TinySealed, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """AWS settings for boto3 pointed at moto_server, and the execution role deploys name."""
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": moto_url, "BENTOEDGE_HOME": str(tiny_sealed.home)}.items():
+        monkeypatch.setenv(k, v)
+    iam = boto3.client("iam", endpoint_url=moto_url)
+    try:
+        iam.create_role(RoleName="bentoedge-exec", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+                        "Statement": []}))
+    except iam.exceptions.EntityAlreadyExistsException:
+        pass
+    yield moto_url

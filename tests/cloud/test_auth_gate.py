@@ -84,7 +84,7 @@ def test_open_paths_and_auth_off(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.parametrize("env,why", [
-    ({"BENTOEDGE_AUTH": "maybe"}, "use on or off"),
+    ({"BENTOEDGE_AUTH": "maybe"}, "use on, off or iam"),
     ({"BENTOEDGE_CHANNEL": "file:///nowhere"}, "needs BENTOEDGE_CHANNEL_ROOT"),
     ({"BENTOEDGE_CHANNEL": "file:///nowhere", "BENTOEDGE_CHANNEL_ROOT": "/no/such/root.json"}, "CHANNEL_ROOT"),
 ])
@@ -157,3 +157,29 @@ def test_serve_no_auth_turns_auth_off_for_the_server_and_says_so(tmp_path: Path,
     assert seen["env"]["BENTOEDGE_AUTH"] == "off" and "authentication is off" in r.output, r.output
     r = CliRunner().invoke(cli, ["serve", tiny_sealed.tag, "--port", str(free_port())])
     assert seen["env"].get("BENTOEDGE_AUTH") != "off"
+
+
+def test_a_channel_anchored_by_fingerprint_lets_its_devices_in_and_a_wrong_one_lets_nobody(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """BENTOEDGE_CHANNEL_ROOT_SHA256 (what a Lambda environment can hold): the gate takes the
+    channel's 1.root.json only when its SHA-256 matches, then reads the signed registry."""
+    import hashlib
+
+    from keys_support import identity_pem, x25519_pem
+
+    from bentoedge.cloud.channel import Channel
+
+    ch = Channel.init((tmp_path / "chan").as_uri(), home=tmp_path / "publisher")
+    ch.enroll("dev-a", x25519_pem(), identity_pem(KEY))
+    good = hashlib.sha256(ch.root_bytes(1)).hexdigest()
+    for sha, known in ((good.upper(), True), ("00" * 32, False)):
+        settings = CloudSettings.from_env({"BENTOEDGE_CHANNEL": ch.url, "BENTOEDGE_CHANNEL_ROOT_SHA256": sha})
+        gate = Gate(settings, tmp_path / f"home-{known}")
+        with caplog.at_level(logging.WARNING, logger="bentoml.bentoedge"):
+            assert gate.refresh() is known
+        assert (gate.device(KID) is not None) is known
+        clock = Clock()
+        clock.now = time.time()
+        verdict = gate.check("POST", "/predict", _signed(clock), b"{}")
+        assert verdict.ok is known, verdict
+    assert "not the --root-sha256 given" in caplog.text

@@ -116,3 +116,22 @@ def test_a_bad_auth_setting_is_a_503_not_a_traceback(tiny_sealed: TinySealed) ->
            "BENTOEDGE_AUTH": "maybe"}
     resp = LambdaHandler(env=env)(_event({}))
     assert resp["statusCode"] == 503 and _doc(resp)["reason"] == "model_unavailable"
+
+
+def test_iam_mode_takes_only_events_iam_signed(tiny_sealed: TinySealed) -> None:
+    """BENTOEDGE_AUTH=iam (a function URL with AuthType AWS_IAM): Lambda names the caller it
+    checked in requestContext.authorizer.iam; an event without it (the URL switched to NONE,
+    or another way in) is refused, and the function still answers the signed one after."""
+    env = {**os.environ, "BENTOEDGE_MODEL": tiny_sealed.tag, "BENTOEDGE_HOME": str(tiny_sealed.home),
+           "BENTOEDGE_AUTH": "iam"}
+    handler = LambdaHandler(env=env)
+    unsigned = handler(_event({}))
+    assert unsigned["statusCode"] == 401 and "AWS IAM" in _doc(unsigned)["error"]
+    forged = _event({"authorization": "AWS4-HMAC-SHA256 Credential=AKIAFAKE/20261202/eu-west-1/lambda/aws4_request"})
+    assert handler(forged)["statusCode"] == 401  # a header is not IAM's word: only the request context is
+    signed = _event({})
+    signed["requestContext"]["authorizer"] = {"iam": {"accessKey": "AKIAEXAMPLE", "accountId": "123456789012",
+                                                      "userArn": "arn:aws:iam::123456789012:user/device-7"}}
+    ok = handler(signed)
+    assert ok["statusCode"] == 200 and _doc(ok)["served_by"] == "cloud"
+    assert handler(_event({}))["statusCode"] == 401

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from click.testing import CliRunner
+from deploy_support import cli, push_images
 from service_support import TinySealed
 
 from bentoedge.bentos.errors import DeployError
@@ -91,29 +90,6 @@ def test_undo_inverts_creations_only() -> None:
 
 
 # ---- against moto_server ------------------------------------------------------------------------
-
-@pytest.fixture()
-def aws(moto_url: str, tiny_sealed: TinySealed, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    import boto3
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": moto_url, "BENTOEDGE_HOME": str(tiny_sealed.home)}.items():
-        monkeypatch.setenv(k, v)
-    iam = boto3.client("iam", endpoint_url=moto_url)
-    try:
-        iam.create_role(RoleName="bentoedge-exec", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
-                        "Statement": []}))
-    except iam.exceptions.EntityAlreadyExistsException:
-        pass
-    yield moto_url
-
-
-def cli(*args: str) -> tuple[int, str]:
-    from bentoedge.cli import cli as root
-
-    result = CliRunner().invoke(root, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
-
 
 def endpoint_config(url: str, name: str) -> str | None:
     import boto3
@@ -320,15 +296,8 @@ def test_lambda_create_update_delete(aws: str, tiny_sealed: TinySealed) -> None:
     import boto3
 
     args = ["deploy", "lambda", tiny_sealed.tag, "--function", "tiny-fn", "--role", ROLE, "--allow-no-kms"]
+    push_images(aws)
     code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
-    if code != 0 and "not in ECR" in out:  # push a (manifest-only) image into moto's ECR first
-        ecr = boto3.client("ecr", endpoint_url=aws)
-        ecr.create_repository(repositoryName="bentoedge")
-        for tag in ("v1", "v2"):
-            ecr.put_image(repositoryName="bentoedge", imageTag=tag, imageManifest=json.dumps(
-                {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                 "config": {"digest": f"sha256:{tag * 32}"[:71]}, "layers": []}))
-        code, out = cli(*args, "--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/bentoedge:v1")
     assert code == 0 and "create function: tiny-fn" in out, out
     lam = boto3.client("lambda", endpoint_url=aws)
     conf = lam.get_function(FunctionName="tiny-fn")
