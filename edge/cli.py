@@ -61,10 +61,13 @@ def agent() -> None:
               help="SHA-256 of the channel's 1.root.json, as 'bentoedge channel init' and 'channel status' print it.")
 @click.option("--root", "root_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A channel root metadata file you trust (instead of --root-sha256).")
+@click.option("--cloud-aws", default="auto", show_default=True, metavar="auto|off|SERVICE:REGION",
+              help="SigV4-sign fallback calls for a cloud behind AWS IAM (needs bentoedge[aws]): auto by the "
+                   "URL's host (SageMaker runtime, Lambda function URL), off, or e.g. lambda:eu-west-1.")
 @click.option("--force", is_flag=True, help="Replace the channel root and signers of an already provisioned device.")
 def init(channel: str, cloud: str, state: Path | None, device_id: str | None, device_class: str, port: int,
          model: str, signers: tuple[Path, ...], root_sha256: str | None, root_file: Path | None,
-         force: bool) -> None:
+         cloud_aws: str, force: bool) -> None:
     """Provision this device: key pairs (X25519, Ed25519 identity), embedded channel root, trusted signers, agent.toml.
 
     \b
@@ -73,6 +76,9 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
       bentoedge agent init --channel s3://bucket/chan --cloud https://api.example \\
           --root-sha256 3f5a...   # printed by 'bentoedge channel init'
     """
+    from bentoedge.edge.aws_sign import check_setting
+
+    check_setting(cloud_aws)  # before any key is made: a typo leaves nothing behind
     if (root_sha256 is None) == (root_file is None):
         raise UsageError("pass the channel root's fingerprint with --root-sha256 HEX (printed by 'bentoedge channel "
                          "init' and 'bentoedge channel status') or a trusted root file with --root FILE, not both")
@@ -103,7 +109,7 @@ def init(channel: str, cloud: str, state: Path | None, device_id: str | None, de
     write_private(st.root_file, root, mode=0o644)
     cfg = agent_config.AgentConfig(device_id=device_id or f"dev-{uuid.uuid4().hex[:12]}", channel=channel,
                                    cloud=cloud, state=str(state), port=port, device_class=device_class,
-                                   model=model, trusted_signers=trusted)
+                                   model=model, trusted_signers=trusted, cloud_aws=cloud_aws)
     path = agent_config.save(cfg)
     click.echo(f"device {cfg.device_id} provisioned: config {path}")
     click.echo(f"trusting channel root v{root_version} (verified from the one you gave) and "

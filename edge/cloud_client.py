@@ -14,7 +14,10 @@ with an ``error``); anything else is garbage and counts as a failure for the cir
 
 Each attempt is signed afresh with the device's Ed25519 identity key when it has one
 (``identity_signer``; RFC 9421 as ``bentos.auth.sign_request`` writes it: method, path,
-Content-Digest, ``created`` and a new nonce), so a retry is never refused as a replay.
+Content-Digest, ``created`` and a new nonce), so a retry is never refused as a replay.  A
+cloud behind AWS IAM gets a SigV4 signature on top (``edge.aws_sign``), over every header
+including the device's own signature; a SageMaker ``.../invocations`` URL is posted to as
+it is, since it is the one route InvokeEndpoint reaches.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bentoedge.bentos.api import HEADER_MODEL, HEADER_VERSION, JSON, NPZ, AnswerError, read_answer
 from bentoedge.bentos.auth import sign_request
 from bentoedge.bentos.errors import KeyMissingError
+from bentoedge.edge.aws_sign import AwsSigner, reaches_only_invocations
 
 #: (method, path, body) -> the headers that sign that call.
 Signer = Callable[[str, str, bytes], Mapping[str, str]]
@@ -67,7 +71,7 @@ class CloudClient:
     """Posts request bodies to ``<cloud>/predict``; thread-safe."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0, retries: int = 1, pool_size: int = 8,
-                 path: str = "/predict", signer: Signer | None = None) -> None:
+                 path: str = "/predict", signer: Signer | None = None, aws: AwsSigner | None = None) -> None:
         url = urllib.parse.urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"the cloud URL must be http(s)://host[:port], not {base_url!r}")
@@ -75,7 +79,14 @@ class CloudClient:
         self._https = url.scheme == "https"
         self._host = url.hostname
         self._port = url.port or (443 if self._https else 80)
-        self._path = (url.path.rstrip("/") or "") + path
+        if reaches_only_invocations(base_url):
+            if path != "/predict":
+                raise ValueError(f"{base_url} reaches only the service's /invocations, not {path}")
+            self._path = url.path.rstrip("/")
+        else:
+            self._path = (url.path.rstrip("/") or "") + path
+        self._url = urllib.parse.urlunsplit((url.scheme, url.netloc, self._path, "", ""))
+        self.aws = aws
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
         self.signer = signer
@@ -104,6 +115,8 @@ class CloudClient:
             if left <= 0:
                 raise last or CloudError("cloud_timeout", "no time left before the request deadline")
             signed = {**headers, **self.signer("POST", self._path, body)} if self.signer else headers
+            if self.aws is not None:
+                signed = {**signed, **self.aws("POST", self._url, signed, body)}
             try:
                 return self._once(body, signed, deadline)
             except _Retryable as exc:
@@ -273,6 +286,14 @@ def load_identity(key_file: Path) -> Ed25519PrivateKey | None:
         raise KeyMissingError(f"{key_file} is not an Ed25519 private key; run 'bentoedge agent init --force' "
                               "and enroll the device again")
     return key
+
+
+def aws_signer(config: Any) -> AwsSigner | None:
+    """SigV4 for ``config.cloud`` when it sits behind AWS IAM (``edge.aws_sign``), else None."""
+    from bentoedge.edge.aws_sign import aws_target, sigv4_signer
+
+    target = aws_target(config.cloud, config.cloud_aws)
+    return None if target is None else sigv4_signer(target)
 
 
 def identity_signer(key_file: Path, clock: Callable[[], float] = time.time) -> Signer | None:

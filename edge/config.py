@@ -67,6 +67,7 @@ class AgentConfig:
     threads: int = 0  # interpreter threads; 0 lets the runtime decide
     workers: int = 1  # interpreters in the pool
     cloud_timeout_s: float = 5.0
+    cloud_aws: str = "auto"  # SigV4 for a cloud behind AWS IAM: auto (by host), off, or SERVICE:REGION
     trusted_signers: tuple[str, ...] = ()  # hex Ed25519 public keys of model signers
     limits: Limits = field(default_factory=Limits)
 
@@ -75,6 +76,9 @@ class AgentConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         _check_numbers(self, minimum={"workers": 1, "poll_seconds": 0.01, "report_seconds": 0.01,
                                       "cloud_timeout_s": 0.01})
+        from bentoedge.edge.aws_sign import check_setting
+
+        check_setting(self.cloud_aws)
         if not 0 <= self.port < 65536:  # 0: the server picks a free port
             raise ConfigError(f"port must be 0..65535, not {self.port}")
         for name in ("device_id", "channel", "cloud", "state", "host", "device_class", "model"):

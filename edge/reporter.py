@@ -151,15 +151,20 @@ def start_reporting(config: AgentConfig, state_dir: Path, status: Callable[[], M
     ``report_seconds``; None (with a log line) for a device without a cloud or an identity."""
     import threading
 
-    from bentoedge.edge.cloud_client import CloudClient, identity_signer, load_identity
+    from bentoedge.edge.aws_sign import reaches_only_invocations
+    from bentoedge.edge.cloud_client import CloudClient, aws_signer, identity_signer, load_identity
 
     key_file = state_dir / "identity.key"
     key = load_identity(key_file)
     if not config.cloud or key is None:
         log.info("no fleet reports: %s", "no cloud configured" if not config.cloud else f"no identity key at {key_file}")
         return None
+    if reaches_only_invocations(config.cloud):
+        log.info("no fleet reports: %s reaches only the service's /invocations (SageMaker InvokeEndpoint); "
+                 "give the service a function URL or another HTTPS endpoint for reports", config.cloud)
+        return None
     client = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s, path="/fleet/reports",
-                         signer=identity_signer(key_file))
+                         signer=identity_signer(key_file), aws=aws_signer(config))
 
     def send(envelope: bytes) -> int:
         return client.post(envelope, "application/json", time.monotonic() + config.cloud_timeout_s)[0]

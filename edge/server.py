@@ -51,7 +51,7 @@ from bentoedge.bentos.errors import ConfigError, RequestError
 from bentoedge.bentos.openapi import device_document
 from bentoedge.edge.active import ActiveModel
 from bentoedge.edge.breaker import CircuitBreaker
-from bentoedge.edge.cloud_client import CloudClient, identity_signer
+from bentoedge.edge.cloud_client import CloudClient, aws_signer, identity_signer
 from bentoedge.edge.config import AgentConfig
 from bentoedge.edge.gateway import Gateway, MemoryProbe
 from bentoedge.edge.metrics import Metrics
@@ -81,7 +81,7 @@ class AgentServer:
             if signer is None:
                 log.warning("no identity key at %s: fallback calls go unsigned and an authenticating cloud "
                             "refuses them (bentoedge agent init --force, then channel enroll --identity)", identity)
-            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s, signer=signer)
+            cloud = CloudClient(config.cloud, timeout_s=config.cloud_timeout_s, signer=signer, aws=aws_signer(config))
         self.gateway = Gateway(active, RouterPolicy.from_config(config), cloud, self.breaker, self.metrics,
                                request_timeout_s=config.cloud_timeout_s,
                                memory=memory or MemoryProbe(), max_body=max_body)

@@ -7,15 +7,23 @@ function URL does, turning each HTTP request into a payload format 2.0 event (a 
 for .npz), calling ``cloud.aws_lambda``'s handler, and turning its answer back into HTTP.
 The cloud model is a sealed ONNX model with the device model's signature, in a plain sealed
 folder (``BENTOEDGE_MODEL`` as a path); the handler's opener counts how often it opens it.
+
+With ``iam_keys`` set, the stand-in does what a function URL with AuthType AWS_IAM does:
+it checks the SigV4 signature (recomputed with botocore from the secret it knows), answers
+403 ``{"Message":"Forbidden"}`` without invoking the function when it does not verify, and
+names the caller in ``requestContext.authorizer.iam`` when it does.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hmac
 import http.client
 import io
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,6 +130,19 @@ class FunctionUrl(BaseHTTPRequestHandler):
 
     def _invoke(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        caller = None
+        if self.server.iam_keys is not None:
+            caller = verify_sigv4(self.command, f"http://{self.headers['Host']}{self.path}",
+                                  {k.lower(): v for k, v in self.headers.items()}, body, self.server.iam_keys)
+            if caller is None:
+                self.server.refused += 1
+                data = b'{"Message":"Forbidden"}'
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
         kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         text = kind == JSON
         path = self.path.split("?")[0]
@@ -147,6 +168,10 @@ class FunctionUrl(BaseHTTPRequestHandler):
             },
             "isBase64Encoded": not text,
         }
+        if caller is not None:
+            event["requestContext"]["authorizer"] = {  # type: ignore[index]
+                "iam": {"accessKey": caller, "accountId": "123456789012",
+                        "userArn": f"arn:aws:iam::123456789012:user/{caller}"}}
         if body:
             event["body"] = body.decode("utf-8") if text else base64.b64encode(body).decode("ascii")
         self.server.calls += 1
@@ -167,6 +192,30 @@ class FunctionUrl(BaseHTTPRequestHandler):
         pass
 
 
+_SIGV4 = re.compile(r"^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+                    r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
+
+
+def verify_sigv4(method: str, url: str, headers: dict[str, str], body: bytes, secrets: dict[str, str]) -> str | None:
+    """The access key whose SigV4 signature this request carries and that verifies; else None."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    m = _SIGV4.match(headers.get("authorization", ""))
+    if not m or m.group(1) not in secrets or not headers.get("x-amz-date", "").startswith(m.group(2)):
+        return None
+    key, _, region, service, signed, signature = m.groups()
+    if service != "lambda" or "host" not in signed.split(";"):
+        return None
+    request = AWSRequest(method=method, url=url, data=body,
+                         headers={h: headers[h] for h in signed.split(";") if h != "host" and h in headers})
+    request.context["timestamp"] = headers["x-amz-date"]
+    signer = SigV4Auth(Credentials(key, secrets[key]), service, region)
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return key if hmac.compare_digest(expected, signature) else None
+
+
 @pytest.fixture()
 def lambda_cloud(tmp_path: Path) -> Iterator[tuple[str, Path, bytes, CountingOpener, Any]]:
     home = tmp_path / "home"
@@ -178,6 +227,8 @@ def lambda_cloud(tmp_path: Path) -> Iterator[tuple[str, Path, bytes, CountingOpe
     httpd.daemon_threads = True
     httpd.lambda_handler = LambdaHandler(opener=opener, env=env)  # type: ignore[attr-defined]
     httpd.calls = 0  # type: ignore[attr-defined]
+    httpd.iam_keys = None  # type: ignore[attr-defined]
+    httpd.refused = 0  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -252,3 +303,51 @@ def test_a_device_falls_back_through_the_lambda_handler(
     assert (
         opener.opened == [str(Path(opener.opened[0]))] and len(opener.opened) == 1
     )  # one cold start
+
+
+def test_a_device_signs_sigv4_for_a_function_url_behind_iam(
+    lambda_cloud: tuple[str, Path, bytes, CountingOpener, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--url-auth iam: the function trusts IAM (BENTOEDGE_AUTH=iam), the URL checks SigV4.
+    A device with the right credentials is answered by the function; one with a wrong secret
+    is refused at the URL (the function never runs) and the device still answers what it can."""
+    pytest.importorskip("botocore")
+    url, _, onnx_bytes, _, httpd = lambda_cloud
+    httpd.iam_keys = {"AKIADEVICE7": "s3cr3t-device-7"}
+    httpd.lambda_handler._env["BENTOEDGE_AUTH"] = "iam"
+    keyring = Keyring().add_kek(LocalKeys(DATA).kek())
+    edge_model = load_edge_model(sealed("tiny"), keyring, artifact_id="edge-fp32")
+    x = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
+    config = dataclasses.replace(agent_config(cloud=url, timeout=10.0, max_batch=2), cloud_aws="lambda:us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIADEVICE7")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-device-7")
+    with AgentServer(config, ActiveModel(edge_model)) as agent:
+        status, headers, body = _post(agent, _json(x))  # over the batch limit: forwarded, signed
+        doc = json.loads(body)
+        assert status == 200 and headers[HEADER_SERVED_BY] == "cloud", doc
+        np.testing.assert_allclose(doc["outputs"]["y"], run_onnx(onnx_bytes, x), rtol=1e-5, atol=1e-6)
+        buf = io.BytesIO()
+        np.savez(buf, x=x)
+        status, headers, body = _post(agent, buf.getvalue(), NPZ, accept=NPZ)  # the binary body is signed too
+        assert status == 200 and headers[HEADER_SERVED_BY] == "cloud"
+    assert httpd.calls == 2 and httpd.refused == 0
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-guess")  # a device that does not hold the secret
+    with AgentServer(config, ActiveModel(edge_model)) as agent:
+        status, headers, body = _post(agent, _json(x))
+        # AWS's 403 is no answer of ours: the device serves the batch itself and says why.
+        doc = json.loads(body)
+        assert status == 200 and doc["served_by"] == "edge" and "cloud_bad_answer" in doc["degraded"], doc
+        status, headers, body = _post(agent, _json(x[:2]))
+        assert status == 200 and headers[HEADER_SERVED_BY] == "edge"
+    assert httpd.calls == 2 and httpd.refused == 1
+    # And an unsigned request straight to the URL gets nowhere near the function either.
+    conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
+    conn.request("POST", "/predict", body=_json(x), headers={"Content-Type": JSON})
+    assert conn.getresponse().status == 403
+    conn.close()
+    assert httpd.calls == 2

@@ -93,3 +93,15 @@ def test_a_root_file_anchors_too_and_a_second_init_needs_force(channel: tuple[st
     r = init(url, tmp_path / "dev", signer, "--root", str(anchor), "--force")
     assert r.exit_code == 1, r.output  # even with --force, the forged root does not verify
     assert (tmp_path / "dev" / "root.json").read_bytes() == before  # the device keeps what it trusted
+
+
+def test_cloud_aws_is_written_and_a_bad_one_leaves_nothing(channel: tuple[str, Path, Path], tmp_path: Path) -> None:
+    from bentoedge.edge import config as agent_config
+
+    url, folder, signer = channel
+    r = init(url, tmp_path / "bad", signer, "--root-sha256", fingerprint(folder), "--cloud-aws", "lambda")
+    assert r.exit_code == 2 and "cloud_aws must be" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+    r = init(url, tmp_path / "dev", signer, "--root-sha256", fingerprint(folder), "--cloud-aws", "lambda:eu-west-1")
+    assert r.exit_code == 0, r.output
+    assert agent_config.load(tmp_path / "dev" / "agent.toml").cloud_aws == "lambda:eu-west-1"
