@@ -277,6 +277,12 @@ def lambda_(model: str, function: str, image: str, role: str, memory: int, timeo
                          "function trusts the channel's root and nothing else")
     sealed = _sealed(model)
     m = sealed.manifest
+    clients = Clients(endpoint_url, region)
+    if url_auth is None:
+        # No --url-auth keeps the URL the function has, and the settings that go with it: a
+        # redeploy must not turn an IAM URL's function into one that refuses every caller.
+        existing = function_url_config(clients, function)
+        url_auth = {v: k for k, v in URL_AUTH.items()}.get(existing["AuthType"]) if existing else None
     # The image (bentoedge containerize --target lambda) enters through awslambdaric and the
     # handler, which reads the model and settings from this environment.
     env = _container_env(sealed, allow_no_kms) | {"BENTOEDGE_HOME": "/tmp/bentoedge"}
@@ -286,7 +292,6 @@ def lambda_(model: str, function: str, image: str, role: str, memory: int, timeo
         env["BENTOEDGE_AUTH"] = "iam"  # no registry to check devices against: IAM alone lets callers in
     d = LambdaDesired(function, m.name, m.version, image, role, memory, timeout_s, env,
                       URL_AUTH[url_auth] if url_auth else None)
-    clients = Clients(endpoint_url, region)
     result = deploy_lambda(d, clients, say=click.echo)
     if result.changed:
         click.echo(f"function {function} -> {m.tag} ({len(result.done)} change(s))")

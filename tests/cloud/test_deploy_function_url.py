@@ -108,6 +108,11 @@ def test_deploy_lambda_function_url_iam_then_public_then_closed(aws: str, tiny_s
     env = lam.get_function(FunctionName="url-fn")["Configuration"]["Environment"]["Variables"]
     assert env["BENTOEDGE_AUTH"] == "iam"  # no registry given: IAM is the gate, and the handler checks it did
 
+    code, out = cli(*base)  # a redeploy without --url-auth keeps the URL and the settings it needs
+    assert code == 0 and "nothing to do" in out and "AWS_IAM" not in out, out
+    assert lam.get_function(FunctionName="url-fn")["Configuration"]["Environment"]["Variables"][
+        "BENTOEDGE_AUTH"] == "iam"
+
     code, out = cli(*base, "--url-auth", "none")
     assert code == 2 and "--channel URL --channel-root-sha256" in out and "Traceback" not in out, out
     assert lam.get_function_url_config(FunctionName="url-fn")["AuthType"] == "AWS_IAM"  # nothing changed
@@ -120,6 +125,8 @@ def test_deploy_lambda_function_url_iam_then_public_then_closed(aws: str, tiny_s
     assert "BENTOEDGE_AUTH" not in env
     sids = {s["Sid"] for s in json.loads(lam.get_policy(FunctionName="url-fn")["Policy"])["Statement"]}
     assert set(PUBLIC_URL_STATEMENTS) <= sids
+    code, out = cli(*base)  # the URL stays public, so the registry settings may not be dropped
+    assert code == 2 and "--channel URL --channel-root-sha256" in out, out
 
     code, out = cli(*base, "--url-auth", "iam")
     assert code == 0 and "remove permission" in out, out
