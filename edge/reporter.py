@@ -35,7 +35,8 @@ MAX_BUFFERED = 64
 MAX_BUFFER_BYTES = 1 << 20
 Send = Callable[[bytes], int]  # envelope -> HTTP status (raises OSError-like errors when unreachable)
 
-_HEALTH = {"updated": "passed", "up_to_date": "passed", "refused": "failed"}
+#: The last health check's result by the last cycle's: a rollback checks the version it puts back.
+_HEALTH = {"updated": "passed", "up_to_date": "passed", "rolled_back": "passed", "refused": "failed"}
 
 
 def build_report(config: AgentConfig, status: Mapping[str, Any], served: Mapping[str, Any], seq: int, now: float,
@@ -55,13 +56,17 @@ def build_report(config: AgentConfig, status: Mapping[str, Any], served: Mapping
         device_id=config.device_id, seq=seq, sent_at=now, device_class=config.device_class,
         agent_version=config.agent_version, model=str(active.get("model") or config.model or ""),
         active=active.get("version"), previous=previous[0] if previous else None,
-        active_since=None, uptime_s=round(uptime_s, 3),
+        active_since=_opt_float(status.get("active_since")), uptime_s=round(uptime_s, 3),
         health=rp.Health(health_result, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now if active else None),
         sync=rp.SyncResult(outcome, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now),
         refused=tuple(str(v) for v in (status.get("failed") or [])[:rp.MAX_VERSIONS]),
         requests=rp.Requests(local=local, forwarded=forwarded, errors=errors,
                              p50_ms=latency.get("p50"), p99_ms=latency.get("p99")),
     )
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class Reporter:
