@@ -63,12 +63,20 @@ def build_report(config: AgentConfig, status: Mapping[str, Any], served: Mapping
         active_since=_opt_float(status.get("active_since")), uptime_s=round(uptime_s, 3),
         health=rp.Health(health_result, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now if active else None),
         sync=rp.SyncResult(outcome, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now),
-        refused=tuple(str(v) for v in (status.get("failed") or [])[:rp.MAX_VERSIONS]),
+        refused=refused_versions(status.get("failed") or {}, str(active.get("model") or config.model or "")),
         requests=rp.Requests(local=local, forwarded=forwarded, errors=errors,
                              p50_ms=latency.get("p50"), p99_ms=latency.get("p99")),
         inputs=(inputs(str(active.get("model") or ""), active.get("version"))
                 if inputs is not None and active else {}),
     )
+
+
+def refused_versions(failed: Any, model: str) -> tuple[str, ...]:
+    """The versions of ``model`` on the device's failed list (its keys are ``model:version``;
+    a report's ``refused``, like its ``active``, names versions of the report's model, which
+    is what the rollout controller compares with the version it rolls out)."""
+    prefix = f"{model}:"
+    return tuple(sorted(str(k)[len(prefix):] for k in failed if str(k).startswith(prefix)))[:rp.MAX_VERSIONS]
 
 
 def _opt_float(value: Any) -> float | None:

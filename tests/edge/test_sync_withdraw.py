@@ -134,3 +134,6 @@ def test_a_previous_version_that_fails_its_checks_is_refused_and_the_withdrawn_o
         assert r.result is Result.UP_TO_DATE and "tiny:v1 failed its checks" in r.reason
         assert dev.active.get().version == "v2"  # type: ignore[union-attr]
         assert "tiny:v1" in agent.state.failed()
+        # Reported by version, as the rollout controller compares it with the version it rolls out.
+        report = build_report(dev.config, agent.status(), {}, seq=1, now=time.time(), uptime_s=1.0)
+        assert report.refused == ("v1",) and report.active == "v2"
