@@ -60,7 +60,7 @@ DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 #: A reason or input name, as the router and the manifest spell them.
 LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:,-]{0,127}\Z")
 HEALTH = ("passed", "failed", "none")
-SYNC_OUTCOMES = ("updated", "up_to_date", "error", "refused", "none")
+SYNC_OUTCOMES = ("updated", "up_to_date", "error", "refused", "rolled_back", "none")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Health:
 
 @dataclass(frozen=True)
 class SyncResult:
-    outcome: str = "none"  # updated | up_to_date | error | refused | none
+    outcome: str = "none"  # updated | up_to_date | error | refused | rolled_back | none
     cause: str = ""
     at: float | None = None
 

@@ -270,7 +270,8 @@ def run(config_path: Path | None, port: int | None) -> None:
         loop.start()
         from bentoedge.edge.reporter import start_reporting
 
-        start_reporting(cfg, cfg.state_dir, wired.agent.status, wired.server.metrics.summary, stop)
+        start_reporting(cfg, cfg.state_dir, wired.agent.status, wired.server.metrics.summary, stop,
+                        inputs=wired.server.gateway.inputs.report)
         try:
             while not stop.wait(0.5):
                 pass

@@ -13,6 +13,7 @@ Order of work for a request: parse and validate against the active model's signa
 (4xx without touching the model); gather the facts; decide; run.  A local failure asks the
 router again with ``local_failed``; a cloud failure asks again with the cloud marked
 unusable, so at most three steps (edge, cloud, edge) happen before a 503 with the reason.
+A request answered locally adds its inputs to ``edge.inputs.InputWatch`` (the reports' drift).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.edge.active import ActiveModel, ServingModel
 from bentoedge.edge.breaker import CircuitBreaker
 from bentoedge.edge.cloud_client import CloudAnswer, CloudClient, CloudError
+from bentoedge.edge.inputs import InputWatch
 from bentoedge.edge.metrics import Metrics
 from bentoedge.edge.router import (
     CLOUD_CIRCUIT_OPEN,
@@ -130,6 +132,7 @@ class Gateway:
         self.memory = memory
         self.max_body = max_body
         self.load = LocalLoad()
+        self.inputs = InputWatch()  # what the local model was fed, for the fleet reports' drift
 
     # -- facts ---------------------------------------------------------------------------
     def cloud_state(self) -> tuple[bool, str]:
@@ -212,6 +215,10 @@ class Gateway:
             return None
         finally:
             self.load.leave(ms)
+        try:
+            self.inputs.observe(model, arrays)
+        except Exception as exc:  # statistics must never cost a request its answer
+            log.warning("input statistics skipped for %s: %s: %s", model.version, type(exc).__name__, exc)
         reply = prediction_reply(outputs, model.name, model.version, "edge", accept, degraded)
         self.metrics.observe("edge", 200, time.monotonic() - start, degraded=degraded)
         return reply

@@ -11,8 +11,9 @@ malformed (4xx) is dropped with a log line; when the cloud is away the buffer ke
 ``MAX_BUFFERED`` reports and ``MAX_BUFFER_BYTES``, the oldest dropped first.
 
 ``agent run`` calls ``report`` after every sync cycle and every ``report_seconds`` while idle.
-Reports never carry raw inputs: the per-input drift statistics are left empty until the
-request path accumulates them (see docs/design.md, the fleet).
+Reports never carry raw inputs: per input they carry the running statistics the request path
+keeps (``edge.inputs.InputWatch``: counts, moments, range, NaN/Inf, a fixed-bin histogram)
+and a PSI drift score against the manifest's ``extra.reference_stats``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ log = logging.getLogger("bentoedge.reports")
 
 MAX_BUFFERED = 64
 MAX_BUFFER_BYTES = 1 << 20
+#: (model, version) -> that version's per-input statistics (``edge.inputs.InputWatch.report``).
+Inputs = Callable[[str, "str | None"], Mapping[str, rp.InputReport]]
 Send = Callable[[bytes], int]  # envelope -> HTTP status (raises OSError-like errors when unreachable)
 
-_HEALTH = {"updated": "passed", "up_to_date": "passed", "refused": "failed"}
+#: The last health check's result by the last cycle's: a rollback checks the version it puts back.
+_HEALTH = {"updated": "passed", "up_to_date": "passed", "rolled_back": "passed", "refused": "failed"}
 
 
 def build_report(config: AgentConfig, status: Mapping[str, Any], served: Mapping[str, Any], seq: int, now: float,
-                 uptime_s: float) -> rp.Report:
-    """The report for this moment (pure): agent status and local API counters in."""
+                 uptime_s: float, inputs: Inputs | None = None) -> rp.Report:
+    """The report for this moment (pure): agent status, local API counters and, from
+    ``inputs(model, version)``, the active version's per-input statistics in."""
     active = status.get("active") or {}
     previous = list(status.get("previous") or [])
     result = str(status.get("last_result") or "none")
@@ -55,13 +60,27 @@ def build_report(config: AgentConfig, status: Mapping[str, Any], served: Mapping
         device_id=config.device_id, seq=seq, sent_at=now, device_class=config.device_class,
         agent_version=config.agent_version, model=str(active.get("model") or config.model or ""),
         active=active.get("version"), previous=previous[0] if previous else None,
-        active_since=None, uptime_s=round(uptime_s, 3),
+        active_since=_opt_float(status.get("active_since")), uptime_s=round(uptime_s, 3),
         health=rp.Health(health_result, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now if active else None),
         sync=rp.SyncResult(outcome, str(status.get("last_reason") or "")[:rp.MAX_TEXT], now),
-        refused=tuple(str(v) for v in (status.get("failed") or [])[:rp.MAX_VERSIONS]),
+        refused=refused_versions(status.get("failed") or {}, str(active.get("model") or config.model or "")),
         requests=rp.Requests(local=local, forwarded=forwarded, errors=errors,
                              p50_ms=latency.get("p50"), p99_ms=latency.get("p99")),
+        inputs=(inputs(str(active.get("model") or ""), active.get("version"))
+                if inputs is not None and active else {}),
     )
+
+
+def refused_versions(failed: Any, model: str) -> tuple[str, ...]:
+    """The versions of ``model`` on the device's failed list (its keys are ``model:version``;
+    a report's ``refused``, like its ``active``, names versions of the report's model, which
+    is what the rollout controller compares with the version it rolls out)."""
+    prefix = f"{model}:"
+    return tuple(sorted(str(k)[len(prefix):] for k in failed if str(k).startswith(prefix)))[:rp.MAX_VERSIONS]
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class Reporter:
@@ -70,7 +89,7 @@ class Reporter:
 
     def __init__(self, config: AgentConfig, folder: Path, key: Ed25519PrivateKey,
                  status: Callable[[], Mapping[str, Any]], served: Callable[[], Mapping[str, Any]],
-                 send: Send | None, clock: Callable[[], float] = time.time) -> None:
+                 send: Send | None, clock: Callable[[], float] = time.time, inputs: Inputs | None = None) -> None:
         self.config = config
         self.folder = folder
         self.key = key
@@ -78,6 +97,7 @@ class Reporter:
         self._served = served
         self._send = send
         self._clock = clock
+        self._inputs = inputs
         self._started = clock()
 
     def _next_seq(self) -> int:
@@ -96,7 +116,8 @@ class Reporter:
         """Build and buffer a report now, then send what is buffered; how many the cloud took."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         now = self._clock()
-        report = build_report(self.config, self._status(), self._served(), self._next_seq(), now, now - self._started)
+        report = build_report(self.config, self._status(), self._served(), self._next_seq(), now, now - self._started,
+                              self._inputs)
         _write_atomic(self.folder / f"{report.seq:020d}.json", rp.sign(report, self.key))
         self._bound()
         return self.flush()
@@ -146,7 +167,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def start_reporting(config: AgentConfig, state_dir: Path, status: Callable[[], Mapping[str, Any]],
-                    served: Callable[[], Mapping[str, Any]], stop: Any) -> Any:
+                    served: Callable[[], Mapping[str, Any]], stop: Any, inputs: Inputs | None = None) -> Any:
     """The report thread of ``agent run``: a report after every sync cycle and every
     ``report_seconds``; None (with a log line) for a device without a cloud or an identity."""
     import threading
@@ -169,7 +190,7 @@ def start_reporting(config: AgentConfig, state_dir: Path, status: Callable[[], M
     def send(envelope: bytes) -> int:
         return client.post(envelope, "application/json", time.monotonic() + config.cloud_timeout_s)[0]
 
-    reporter = Reporter(config, state_dir / "reports", key, status, served, send)
+    reporter = Reporter(config, state_dir / "reports", key, status, served, send, inputs=inputs)
 
     def loop() -> None:
         seen, last = None, float("-inf")

@@ -8,7 +8,9 @@
 - ``health``: devices per last health-check result (passed, failed, none);
 - ``quiet``: devices whose latest report is older than ``quiet_after_s``, longest silent first;
 - ``worst``: the devices most in need of a look, by ``badness`` (a failed health check, refused
-  versions, errors, fallback share, drift), worst first.
+  versions, errors, fallback share, drift), worst first;
+- ``device_list``: one line per device (active and previous version, health, last sync and its
+  cause, last seen), by device id, at most ``DEVICES_LISTED`` of them (``devices`` counts all).
 
 ``device_view`` is one device's latest report and its history for ``fleet device ID``.
 No I/O, no clock: ``now`` is a parameter.
@@ -27,6 +29,8 @@ from bentoedge.bentos.fleet_report import Report
 DEFAULT_QUIET_AFTER_S = 3600.0
 WORST = 10
 QUIET_LISTED = 50
+#: Devices listed one per line; a fleet of 100,000 is summed up, not printed.
+DEVICES_LISTED = 1000
 
 
 def max_drift(r: Report) -> float | None:
@@ -60,7 +64,8 @@ def badness(r: Report) -> tuple[float, list[str]]:
 
 
 def summarize(reports: Iterable[Report], now: float, model: str | None = None,
-              quiet_after_s: float = DEFAULT_QUIET_AFTER_S, worst: int = WORST) -> dict[str, Any]:
+              quiet_after_s: float = DEFAULT_QUIET_AFTER_S, worst: int = WORST,
+              listed: int = DEVICES_LISTED) -> dict[str, Any]:
     rows = [r for r in reports if model is None or r.model == model]
     health = {"passed": 0, "failed": 0, "none": 0}
     groups: dict[tuple[str, str], list[Report]] = {}
@@ -77,6 +82,10 @@ def summarize(reports: Iterable[Report], now: float, model: str | None = None,
                    "model": r.model} for r in quiet[:QUIET_LISTED]],
         "worst": [{"device_id": r.device_id, "score": round(score, 2), "active": r.active, "why": why}
                   for (score, why), r in scored[:worst] if score > 0],
+        "device_list": [{"device_id": r.device_id, "model": r.model, "active": r.active, "previous": r.previous,
+                         "health": r.health.result, "sync": r.sync.outcome, "cause": r.sync.cause,
+                         "last_seen_s": round(now - r.sent_at, 1)}
+                        for r in sorted(rows, key=lambda r: r.device_id)[:listed]],
     }
 
 

@@ -170,7 +170,7 @@ class SyncAgent:
             "device_id": config.device_id, "device_class": config.device_class, "channel": config.channel,
             "active": None, "previous": [], "last_check": None, "last_result": None, "last_error": None,
             "last_update": None, "consecutive_errors": 0, "failed": self.state.failed(),
-            "last_reason": None, "cycles": 0,
+            "last_reason": None, "cycles": 0, "active_since": None,
         }
 
     def close(self) -> None:
@@ -197,11 +197,23 @@ class SyncAgent:
             self._status["active"] = ({"model": model.name, "version": model.version,
                                        "release": model.manifest.release} if model is not None else None)
             self._status["previous"] = list(p.previous)
+            self._status["active_since"] = self._active_since(p)
             snapshot = dict(self._status)
         try:
             self.state.write_status(snapshot)
         except OSError as exc:  # a full disk must not stop serving; the in-memory status still says it
             log.warning("cannot write %s: %s", self.state.status_file, exc)
+
+    def _active_since(self, p: Pointer) -> float | None:
+        """When the version now active became so (Unix seconds): the pointer file is written
+        only when the active version changes, so its modification time says it, across restarts.
+        A rollout's soak counts from here."""
+        if p.active is None:
+            return None
+        try:
+            return round(self.state.pointer_file.stat().st_mtime, 3)
+        except OSError:
+            return None
 
     def _last_result(self) -> Result | None:
         last = self._status.get("last_result")
@@ -330,7 +342,7 @@ class SyncAgent:
                          cycles=self._status["cycles"] + 1,
                          last_error=None if result.ok else reason,
                          consecutive_errors=machine.errors_after(stage, self._status["consecutive_errors"]),
-                         **({"last_update": _now()} if stage is Result.UPDATED else {}))
+                         **({"last_update": _now()} if stage in (Result.UPDATED, Result.ROLLED_BACK) else {}))
         if cycle.replaced is not None:
             # The old model's last reference here goes now, so its buffers are free (once any
             # request still on it ends) and the heap can hand their pages back to the OS.
@@ -449,9 +461,44 @@ class SyncAgent:
         cycle = replace(cycle, active_version=current.version if current else None)
         choice = select.choose(cands, device)
         if choice.candidate is None:
-            return Outcome.NOTHING, choice.reason, cycle
+            gone = machine.withdrawal(current.name if current else None, current.version if current else None,
+                                      p.previous if current and p.model == current.name else (),
+                                      {c.key for c in cands}, self.state.failed())
+            if gone is None:
+                return Outcome.NOTHING, choice.reason, cycle
+            if gone.rollback_to is None:
+                log.warning("%s", gone.reason)
+                return Outcome.NOTHING, gone.reason, cycle
+            return self._roll_back(current.name if current else "", gone.rollback_to, gone.reason, cycle)
         log.info("update available: %s", choice.reason)
         return Outcome.OK, choice.reason, replace(cycle, candidate=choice.candidate)
+
+    def _roll_back(self, model: str, version: str, reason: str, cycle: Cycle) -> tuple[Outcome, str, Cycle]:
+        """Serve the installed ``version`` again because the active one was withdrawn: the
+        start-up rollback's checks (signature, hashes, golden samples), then the pointer, then
+        the swap, so a crash in between restarts on the version the pointer names.  A previous
+        version that fails its checks goes on the failed list (as at start-up) and the withdrawn
+        one keeps serving; the next poll tries the next previous version, if any."""
+        try:
+            sealed = self._open_verified(version)
+            loaded = self.loader(sealed, self.keyring(), self.config)
+        except (IntegrityError, FormatError, SignatureError, HealthCheckError) as exc:
+            key = f"{model}:{version}"
+            self.state.record_failure(key, f"rollback: {exc}")
+            why = (f"{model}:{cycle.active_version} was withdrawn from the channel, but {key} failed its checks "
+                   f"({exc}): still serving {cycle.active_version}")
+            log.error("%s", why)
+            return Outcome.NOTHING, why, cycle
+        p = self.state.pointer()
+        after = p.previous[p.previous.index(version) + 1:] if version in p.previous else ()
+        self.state.set_pointer(Pointer(model, version, after))
+        replaced = self.active.swap(loaded)
+        try:
+            self.state.prune()
+        except OSError as exc:  # the withdrawn version's files cost space, not correctness
+            log.warning("could not prune old versions: %s", exc)
+        log.warning("%s", reason)
+        return Outcome.ROLLED_BACK, reason, replace(cycle, replaced=replaced, active_version=version)
 
     def _download_all(self, updater: Updater, cand: select.Candidate) -> None:
         rels = cand.relative_files()  # refuses a file outside the version folder, or a record lacking one

@@ -9,6 +9,8 @@ stays a loop over ``next_stage`` that carries out what ``recover`` says.
 
     refresh -> select -> download -> verify -> install -> health -> swap -> commit -> updated
                   \\-> up_to_date
+                  \\-> rolled_back  the active version was withdrawn from the channel (a rollout's
+                                 abort): the previous installed version serves again (``withdrawal``)
     any stage -> error     a transient failure (network, disk): retried after a backoff
     any stage -> refused   the channel or the version is bad: a version-specific refusal
                            is recorded in failed.json and never retried automatically
@@ -16,6 +18,7 @@ stays a loop over ``next_stage`` that carries out what ``recover`` says.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -52,6 +55,7 @@ class Outcome(str, Enum):
     TRANSIENT = "transient"  # network, disk full, a server hiccup: try again later
     REJECTED = "rejected"  # this version is bad: record it, never retry
     DISTRUSTED = "distrusted"  # the channel's metadata is bad (not one version): keep serving
+    ROLLED_BACK = "rolled_back"  # select found the active version withdrawn and put the previous one back
 
 
 class Result(str, Enum):
@@ -63,6 +67,7 @@ class Result(str, Enum):
     UP_TO_DATE = "up_to_date"
     ERROR = "error"
     REFUSED = "refused"
+    ROLLED_BACK = "rolled_back"
 
     def __str__(self) -> str:
         # f-strings and log lines show the word scripts compare against, not "Result.UPDATED".
@@ -71,7 +76,7 @@ class Result(str, Enum):
     @property
     def ok(self) -> bool:
         """Whether the cycle ended well: ``agent sync`` exits 0 and the error count resets."""
-        return self in (Result.UPDATED, Result.UP_TO_DATE)
+        return self in (Result.UPDATED, Result.UP_TO_DATE, Result.ROLLED_BACK)
 
 
 ORDER = list(Stage)
@@ -82,6 +87,7 @@ TERMINAL = {
     Outcome.TRANSIENT: Result.ERROR,
     Outcome.REJECTED: Result.REFUSED,
     Outcome.DISTRUSTED: Result.REFUSED,
+    Outcome.ROLLED_BACK: Result.ROLLED_BACK,
 }
 
 
@@ -91,7 +97,41 @@ def next_stage(stage: Stage, outcome: Outcome) -> Stage | Result:
         return ORDER[i + 1] if i + 1 < len(ORDER) else Result.UPDATED
     if outcome is Outcome.NOTHING and stage not in (Stage.REFRESH, Stage.SELECT):
         raise ValueError(f"only refresh and selection may find nothing to do, not {stage.value}")
+    if outcome is Outcome.ROLLED_BACK and stage is not Stage.SELECT:
+        raise ValueError(f"only selection finds a withdrawn version to roll back from, not {stage.value}")
     return TERMINAL[outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """What to do about an active version the channel no longer publishes."""
+
+    rollback_to: str | None  # the installed previous version to serve again; None: keep serving
+    reason: str
+
+
+def withdrawal(model: str | None, active: str | None, previous: Sequence[str], published: Collection[str],
+               failed: Collection[str]) -> Withdrawal | None:
+    """Whether the active version ``model:active`` was withdrawn, and what then (None: it was not).
+
+    ``published`` holds the ``model:version`` keys the channel's signed targets list now;
+    ``previous`` the installed versions the pointer keeps for rollback, newest first.  The
+    device goes back to the newest previous version that is still published and has not
+    failed here: never to one the channel withdrew as well, nor to one this device refused.
+    With none, it keeps serving what it has (the cloud fallback is no better a guess) and
+    says so in its status and reports.  Withdrawal is a signed targets change, so only the
+    channel's targets key can cause it; an attacker who replays older metadata is stopped by
+    TUF before this runs.  Called when select found nothing newer to take: a newer permitted
+    version replaces a withdrawn one through the ordinary update instead.
+    """
+    if model is None or active is None or f"{model}:{active}" in published:
+        return None
+    gone = f"{model}:{active} was withdrawn from the channel"
+    for version in previous:
+        key = f"{model}:{version}"
+        if version != active and key in published and key not in failed:
+            return Withdrawal(version, f"{gone}: rolled back to {key}")
+    return Withdrawal(None, f"{gone}, and no installed previous version is still published: still serving it")
 
 
 #: The longest a device goes on the one-GET shortcut before it runs a full TUF refresh:
@@ -177,7 +217,7 @@ def recover(stage: Stage, outcome: Outcome, done: Progress, error: str) -> Recov
     went wrong).  A version that is committed is never refused, put back or unstruck: it is
     what the pointer names, so a failure in the commit's bookkeeping (clearing strikes) costs
     a retry, never the version now serving."""
-    if outcome in (Outcome.OK, Outcome.NOTHING):
+    if outcome in (Outcome.OK, Outcome.NOTHING, Outcome.ROLLED_BACK):
         raise ValueError(f"{outcome.value} is not a failure")
     reason = f"{stage.value}: {error}"
     if stage is Stage.DOWNLOAD and outcome is Outcome.TRANSIENT and done.candidate is not None:

@@ -50,6 +50,7 @@ def test_cycle_table() -> None:
         stage = machine.next_stage(stage, Outcome.OK)
     assert stage is Result.UPDATED and seen == list(Stage)
     assert machine.next_stage(Stage.SELECT, Outcome.NOTHING) is Result.UP_TO_DATE
+    assert machine.next_stage(Stage.SELECT, Outcome.ROLLED_BACK) is Result.ROLLED_BACK
     for s in Stage:
         assert machine.next_stage(s, Outcome.TRANSIENT) is Result.ERROR
         assert machine.next_stage(s, Outcome.REJECTED) is Result.REFUSED
@@ -62,7 +63,8 @@ def test_cycle_table() -> None:
 
 @given(stages, st.sampled_from(list(Outcome)))
 def test_every_cycle_ends_in_a_result_and_only_ok_moves_forward(stage: Stage, outcome: Outcome) -> None:
-    if outcome is Outcome.NOTHING and stage not in (Stage.REFRESH, Stage.SELECT):
+    if (outcome is Outcome.NOTHING and stage not in (Stage.REFRESH, Stage.SELECT)
+            or outcome is Outcome.ROLLED_BACK and stage is not Stage.SELECT):
         with pytest.raises(ValueError):
             machine.next_stage(stage, outcome)
         return
@@ -76,10 +78,44 @@ def test_every_cycle_ends_in_a_result_and_only_ok_moves_forward(stage: Stage, ou
 def test_result_is_the_plain_word() -> None:
     import json
 
-    assert [str(r) for r in Result] == ["updated", "up_to_date", "error", "refused"]
+    assert [str(r) for r in Result] == ["updated", "up_to_date", "error", "refused", "rolled_back"]
     assert f"{Result.UP_TO_DATE}" == "up_to_date" and Result.REFUSED == "refused"
     assert json.dumps({"r": Result.ERROR}) == '{"r": "error"}'
-    assert [r for r in Result if r.ok] == [Result.UPDATED, Result.UP_TO_DATE]
+    assert [r for r in Result if r.ok] == [Result.UPDATED, Result.UP_TO_DATE, Result.ROLLED_BACK]
+
+
+# ---- a withdrawn active version ------------------------------------------------------------
+
+versions = st.sampled_from(["v1", "v2", "v3", "v4"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([None, "tiny"]), st.one_of(st.none(), versions), st.lists(versions, max_size=3, unique=True),
+       st.sets(st.sampled_from([f"{m}:{v}" for m in ("tiny", "other") for v in ("v1", "v2", "v3", "v4")])),
+       st.sets(st.sampled_from([f"tiny:{v}" for v in ("v1", "v2", "v3", "v4")])))
+def test_a_withdrawn_active_version_rolls_back_to_the_newest_published_previous_one(
+        model: str | None, active: str | None, previous: list[str], published: set[str], failed: set[str]) -> None:
+    w = machine.withdrawal(model, active, previous, published, failed)
+    if model is None or active is None or f"{model}:{active}" in published:
+        assert w is None  # nothing active, or still published: not a withdrawal
+        return
+    assert w is not None and f"{model}:{active} was withdrawn" in w.reason
+    allowed = [v for v in previous if v != active and f"{model}:{v}" in published and f"{model}:{v}" not in failed]
+    if allowed:
+        # The newest previous version the channel still signs and this device never refused.
+        assert w.rollback_to == allowed[0] and w.rollback_to in w.reason
+    else:
+        # Nothing to go back to: keep serving (and say so), never a version withdrawn or refused.
+        assert w.rollback_to is None and "still serving" in w.reason
+
+
+def test_withdrawal_examples() -> None:
+    assert machine.withdrawal("tiny", "v2", ["v1"], {"tiny:v1"}, set()) == machine.Withdrawal(
+        "v1", "tiny:v2 was withdrawn from the channel: rolled back to tiny:v1")
+    assert machine.withdrawal("tiny", "v2", ["v1"], {"tiny:v1", "tiny:v2"}, set()) is None
+    assert machine.withdrawal("tiny", "v2", ["v1"], {"tiny:v1"}, {"tiny:v1"}).rollback_to is None  # type: ignore[union-attr]
+    assert machine.withdrawal("tiny", "v2", ["v1"], {"other:v1"}, set()).rollback_to is None  # type: ignore[union-attr]
+    assert machine.withdrawal("tiny", "v2", [], set(), set()).rollback_to is None  # type: ignore[union-attr]
 
 
 def test_classify() -> None:
@@ -124,7 +160,7 @@ def test_recovery_rules(stage: Stage, outcome: Outcome, done: Progress, error: s
     assert fix.unstrike == (done.struck and not done.committed)
 
 
-@given(stages, st.sampled_from([Outcome.OK, Outcome.NOTHING]), progresses)
+@given(stages, st.sampled_from([Outcome.OK, Outcome.NOTHING, Outcome.ROLLED_BACK]), progresses)
 def test_recovery_is_only_for_failures(stage: Stage, outcome: Outcome, done: Progress) -> None:
     with pytest.raises(ValueError):
         machine.recover(stage, outcome, done, "x")
@@ -282,5 +318,5 @@ def test_a_poll_stops_after_one_get_only_when_nothing_can_have_changed(
     now = 1_000_000.0
     verified = Verified(trusted, now - age, now + expires_in) if refreshed else None
     quick = machine.timestamp_unchanged(last, verified, fetched, now)
-    assert quick == (last in (Result.UPDATED, Result.UP_TO_DATE) and refreshed and trusted == fetched
+    assert quick == (last in (Result.UPDATED, Result.UP_TO_DATE, Result.ROLLED_BACK) and refreshed and trusted == fetched
                      and expires_in > 0 and 0 <= age < FULL_REFRESH_S)

@@ -29,6 +29,11 @@ def test_summary() -> None:
     assert "health check failed (golden sample 3 off)" in s["worst"][0]["why"]
     only = summarize(reports, now=1060.0, model="other")
     assert only["devices"] == 1 and only["quiet_count"] == 0
+    # Every device on a line of its own, by id, with its version and health; bounded.
+    assert [(d["device_id"], d["active"], d["health"]) for d in s["device_list"]] == [
+        ("a", "v1", "passed"), ("b", "v2", "passed"), ("c", "v2", "failed"), ("d", "v1", "passed")]
+    assert s["device_list"][2]["last_seen_s"] == 1050.0
+    assert [d["device_id"] for d in summarize(reports, now=1060.0, listed=2)["device_list"]] == ["a", "b"]
 
 
 def test_device_view() -> None:
