@@ -543,17 +543,62 @@ _NEW_BYTES = (
 )
 
 
-def fresh_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
+def fresh_bytes(size: int, huge_pages: bool = True) -> tuple[bytes | bytearray, memoryview]:
     """A new ``bytes`` of ``size`` and a writable view of it, to fill before anyone reads it
-    (a bytearray on other interpreters, which costs one copy at the end)."""
+    (a bytearray on other interpreters, which costs one copy at the end); ``huge_pages=False``
+    keeps the kernel's default page size (for measuring what the advice is worth)."""
     if _NEW_BYTES is None or size == 0:
         buf = bytearray(size)
         return buf, memoryview(buf)
     out = _NEW_BYTES(None, size)
+    if huge_pages:
+        _prefer_huge_pages(_data_address(out), size)
     # The object is ours alone until we return it.
     raw = (ctypes.c_char * size).from_address(_data_address(out))
     raw.owner = out  # type: ignore[attr-defined]  # the view keeps the bytes alive, as a view should
     return out, memoryview(raw).cast("B")
+
+
+# A model's plaintext lands in memory nobody has touched yet, so every 4 KiB page of it
+# faults on its first write: on the VMs measured here that alone held a fresh buffer to
+# 1.0-1.4 GB/s, below what AES-GCM decrypts on one core.  Asking for transparent huge pages
+# (Linux, THP in "madvise" or "always" mode) makes it one fault per 2 MiB.  Only the
+# 2 MiB-aligned interior of the buffer is advised, so no page outside it changes, and a
+# kernel that says no (other platforms, THP off) simply keeps small pages.
+_HUGE_PAGE = 1 << 21
+_HUGE_PAGE_MIN_SIZE = 4 * _HUGE_PAGE  # smaller buffers gain too little to ask
+_MADV_HUGEPAGE = 14
+
+
+def _load_madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _load_madvise()
+
+
+def huge_page_span(address: int, size: int) -> tuple[int, int] | None:
+    """The 2 MiB-aligned part of [address, address+size) worth advising, as (start, length)."""
+    if size < _HUGE_PAGE_MIN_SIZE:
+        return None
+    start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
+    end = (address + size) & ~(_HUGE_PAGE - 1)
+    return (start, end - start) if end > start else None
+
+
+def _prefer_huge_pages(address: int, size: int) -> None:
+    """Advise the kernel to back the buffer with huge pages where it can."""
+    span = huge_page_span(address, size)
+    if _MADVISE is not None and span is not None:
+        _MADVISE(span[0], span[1], _MADV_HUGEPAGE)  # a hint: a refusal costs only speed
 
 
 def wipe(buffer: bytes | bytearray) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bentoedge.bentos import aead
 
@@ -175,3 +177,26 @@ def test_the_pool_decrypts_on_several_threads_from_a_real_file(
         out = aead.decrypt_file(key, f, len(ct), b"ad", commitment=aead.commit(ct), workers=3)
     assert out == plain and len(threads) >= 2
     assert 1 <= aead.default_workers() <= aead.MAX_WORKERS
+
+
+@given(address=st.integers(0, 1 << 40), size=st.integers(0, 1 << 28))
+def test_the_huge_page_advice_covers_only_whole_aligned_pages_inside_the_buffer(address: int, size: int) -> None:
+    span = aead.huge_page_span(address, size)
+    huge = 1 << 21
+    if span is None:
+        # Nothing advised: small buffer, or no whole aligned page fits in it.
+        assert size < 4 * huge or (address + size) // huge * huge <= -(-address // huge) * huge
+        return
+    start, length = span
+    assert start % huge == 0 and length % huge == 0 and length > 0
+    assert address <= start and start + length <= address + size  # never a page outside it
+    assert start - address < huge and address + size - (start + length) < huge  # every whole page in it
+
+
+def test_a_large_fresh_buffer_with_huge_pages_decrypts_and_wipes_like_any_other() -> None:
+    key, plain = os.urandom(32), os.urandom(12 << 20)
+    ct = aead.encrypt(key, plain, b"ad")
+    out = aead.decrypt(key, ct, b"ad", workers=2)
+    assert out == plain and aead.huge_page_span(id(out), len(out)) is not None
+    aead.wipe(out)
+    assert out == bytes(len(plain))
