@@ -40,6 +40,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -134,6 +135,15 @@ def api_key_id(key_hash: str) -> str:
 # ---- replay -----------------------------------------------------------------------------------
 
 
+class NonceStore(Protocol):
+    """Where the (key id, nonce) pairs seen within the window live: ``NonceCache`` in one
+    process, ``cloud.replay.SharedNonceStore`` across the workers of one host."""
+
+    def room(self, now: float) -> bool: ...
+
+    def add(self, keyid: str, nonce: str, until: float, now: float) -> bool: ...
+
+
 @dataclass
 class NonceCache:
     """(key id, nonce) pairs seen, each kept until its signature's window has passed."""
@@ -201,7 +211,7 @@ def credentials(headers: Mapping[str, str]) -> str:
 
 
 def authenticate(req: Request, devices: Mapping[str, Device], api_keys: Mapping[str, ApiKey],
-                 nonces: NonceCache, now: float, window_s: float = DEFAULT_WINDOW_S,
+                 nonces: NonceStore, now: float, window_s: float = DEFAULT_WINDOW_S,
                  skew_s: float = DEFAULT_SKEW_S) -> Verdict:
     """Let ``req`` in or say why not (see the module text); records the nonce it accepts."""
     kind = credentials(req.headers)
@@ -226,7 +236,7 @@ def _api_key(headers: Mapping[str, str], api_keys: Mapping[str, ApiKey]) -> Verd
     return Verdict(200, "api key", f"apikey:{found.id}")
 
 
-def _signature(req: Request, devices: Mapping[str, Device], nonces: NonceCache, now: float,
+def _signature(req: Request, devices: Mapping[str, Device], nonces: NonceStore, now: float,
                window_s: float, skew_s: float) -> Verdict:
     h = req.headers
     try:

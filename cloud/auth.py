@@ -13,7 +13,8 @@ handler (``aws_lambda``) alike:
 - the API keys, ``BENTOEDGE_API_KEYS_FILE`` (default ``$BENTOEDGE_HOME/keys/api_keys.json``,
   written by ``bentoedge keys api``; SHA-256 hashes only), re-read when the file changes,
   so ``keys api revoke`` takes effect on the next request.
-- the replay cache (nonces seen within the window), per process.
+- the replay cache (nonces seen within the window): shared by the workers of one host in a
+  SQLite file (``cloud.replay``, ``BENTOEDGE_REPLAY_DB``), per process in the Lambda handler.
 
 ``BENTOEDGE_AUTH=iam`` leaves callers to AWS IAM, for a service that AWS alone can reach:
 a SageMaker endpoint (InvokeEndpoint is SigV4-signed and does not pass the device's own
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -126,7 +128,7 @@ class Gate:
     """One process's authentication: settings, registry, API keys, replay cache."""
 
     def __init__(self, settings: CloudSettings, home: Path, clock: Callable[[], float] = time.time,
-                 fetch: Fetch | None = None) -> None:
+                 fetch: Fetch | None = None, nonces: auth.NonceStore | None = None) -> None:
         self.enabled = settings.auth
         self.by_iam = settings.auth_by_iam
         self.window_s = settings.auth_window_s
@@ -136,7 +138,7 @@ class Gate:
         self._keys = ApiKeyStore(Path(settings.api_keys_file) if settings.api_keys_file
                                  else home / "keys" / "api_keys.json")
         self._devices: dict[str, auth.Device] = {}
-        self._nonces = auth.NonceCache()
+        self._nonces: auth.NonceStore = nonces if nonces is not None else auth.NonceCache()
         self._lock = threading.Lock()
         self._refreshed_at = float("-inf")
         self._stop = threading.Event()
@@ -216,8 +218,28 @@ def refusal(verdict: auth.Verdict) -> Reply:
     return json_reply(verdict.status, {"error": verdict.reason}, extra)
 
 
-def gate_from_env(settings: CloudSettings, env: Mapping[str, str] = os.environ) -> Gate:
+def gate_from_env(settings: CloudSettings, env: Mapping[str, str] = os.environ,
+                  shared_replay: bool = True) -> Gate:
+    """The gate a server process uses; ``shared_replay`` keeps its replay cache in a file that
+    every worker on this host shares (the BentoML service), else in this process (Lambda)."""
     from bentoedge.bentos.keystore import default_home
 
     home = Path(env["BENTOEDGE_HOME"]) if env.get("BENTOEDGE_HOME") else default_home()
-    return Gate(settings, home)
+    nonces = shared_nonces(settings, home) if shared_replay and settings.auth else None
+    return Gate(settings, home, nonces=nonces)
+
+
+def shared_nonces(settings: CloudSettings, home: Path) -> auth.NonceStore | None:
+    """The host's shared replay cache (``BENTOEDGE_REPLAY_DB``, default HOME/run/replay.sqlite3;
+    ``memory`` keeps it per process), or None where it cannot be opened (then per process)."""
+    from bentoedge.cloud.replay import SharedNonceStore
+
+    where = settings.replay_db or str(home / "run" / "replay.sqlite3")
+    if where == "memory":
+        return None
+    try:
+        return SharedNonceStore(Path(where))
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("bentoedge: cannot open the shared replay cache %s (%s): each worker keeps its own, "
+                       "so run one worker or set BENTOEDGE_REPLAY_DB to a writable path", where, exc)
+        return None

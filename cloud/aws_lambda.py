@@ -443,7 +443,7 @@ class LambdaHandler:
                self._env.get("BENTOEDGE_HOME"))
         if self._gate is None or self._gate[0] != key:
             try:
-                self._gate = (key, gate_from_env(settings, self._env))
+                self._gate = (key, gate_from_env(settings, self._env, shared_replay=False))
             except BentoEdgeError as exc:
                 logger.error("bentoedge: refusing to serve: %s", _line(exc))
                 raise UnavailableError("this function is misconfigured; see its log", "model_unavailable") from None

@@ -144,7 +144,7 @@ def _signature() -> Signature | None:
 @bentoml.service(
     name="bentoedge",
     traffic={"timeout": 60, "max_concurrency": 256},
-    workers=1,
+    workers=SETTINGS.workers,  # BENTOEDGE_WORKERS; they share one replay cache (cloud.replay)
 )
 @bentoml.asgi_app(make_app(_current), path="/", name="bentoedge-api")
 class SealedService:

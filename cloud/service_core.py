@@ -76,6 +76,8 @@ class CloudSettings:
     registry: str | None = None
     registry_refresh_s: int = 60
     auth_window_s: int = 300
+    replay_db: str | None = None  # the shared replay cache's file, or "memory" (cloud.replay)
+    workers: int = 1  # BentoML worker processes of the service
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CloudSettings:
@@ -106,6 +108,8 @@ class CloudSettings:
             registry=_str(env, "BENTOEDGE_DEVICE_REGISTRY"),
             registry_refresh_s=max(1, _int(env, "BENTOEDGE_REGISTRY_REFRESH_S", 60)),
             auth_window_s=max(1, _int(env, "BENTOEDGE_AUTH_WINDOW_S", 300)),
+            replay_db=_str(env, "BENTOEDGE_REPLAY_DB"),
+            workers=max(1, _int(env, "BENTOEDGE_WORKERS", 1)),
         )
 
 
