@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -103,7 +105,8 @@ def parse_request(body: bytes, content_type: str | None, signature: Signature,
     if kind in (NPZ, "application/octet-stream"):
         raw = _parse_npz(body, max_payload)
     elif kind in (JSON, "text/json", ""):
-        raw = _parse_json(body)
+        doc, fast = _parse_json(body)
+        raw = _numeric_inputs_as_arrays(body, doc, signature) if fast else doc["inputs"]
     else:
         raise RequestError(f"unsupported content type {kind!r}; use {JSON} or {NPZ}", status=415)
     return validate_inputs(raw, signature)
@@ -123,13 +126,16 @@ def json_dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _parse_json(body: bytes) -> Mapping[str, Any]:
+def _parse_json(body: bytes) -> tuple[Mapping[str, Any], bool]:
+    """The request document, and whether orjson read it (then every integer in it fits 64 bits
+    and there is no NaN token: what ``_numeric_inputs_as_arrays`` relies on)."""
     doc = None
     if _orjson is not None:
         try:
             doc = _orjson.loads(body)
         except ValueError:
-            doc = None  # malformed, or NaN tokens: the standard parser below says exactly what
+            doc = None  # malformed, NaN tokens or huge integers: the standard parser below says exactly what
+    by_orjson = doc is not None
     try:
         if doc is None:
             doc = json.loads(body)
@@ -141,7 +147,64 @@ def _parse_json(body: bytes) -> Mapping[str, Any]:
         raise RequestError("the request body holds a number too long to read") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise RequestError("the request must be a JSON object with an \"inputs\" object mapping input names to arrays")
-    return doc["inputs"]
+    return doc, by_orjson
+
+
+def _numeric_inputs_as_arrays(body: bytes, doc: Mapping[str, Any], signature: Signature) -> Mapping[str, Any]:
+    """``doc["inputs"]``, with each float input that is a rectangular nested list of numbers
+    already an array; anything else is left as parsed, for ``validate_inputs`` to judge.
+
+    Why: numpy's ``asarray`` of a nested list inspects every element's type and the nesting
+    again, which cost more than parsing the JSON itself (4.0 ms for a 96x96x3 image against
+    1.5 ms here).  ``np.fromiter`` over the chained lists skips that, but it would read a
+    string such as "1.5" as a number and ``null`` as NaN, where the contract says 422.  So it
+    runs only when the body can hold neither: every JSON string opens and closes with an
+    unescaped quote, so a body with exactly the quotes of its keys (top level and inputs)
+    holds no string value anywhere, and one without ``null`` no null.  Keys that escape a
+    quote, nested objects or the word null in a name only send the request the slow way, and
+    so does a body orjson could not read (integers past 64 bits, NaN tokens).  The result is
+    then the float64 array ``asarray`` would give, and the same checks (finite, in range,
+    shape) follow; ``tests/bentos/test_api_contract.py`` holds both ways equal.  (An integer
+    past 2**53 in a float input is rounded to float64 first, as JSON numbers are doubles.)
+    """
+    inputs: Mapping[str, Any] = doc["inputs"]
+    if body.count(b'"') != 2 * (len(doc) + len(inputs)) or b"null" in body:
+        return inputs
+    out = dict(inputs)
+    for spec in signature.inputs:
+        value = inputs.get(spec.name)
+        if isinstance(value, list) and np.dtype(spec.dtype).kind == "f":
+            arr = rectangular_numbers(value, len(spec.shape))
+            if arr is not None:
+                out[spec.name] = arr
+    return out
+
+
+def rectangular_numbers(value: list[Any], rank: int) -> np.ndarray | None:
+    """``value`` as a float64 array of ``rank`` dimensions when it is a rectangular nested list
+    of numbers (bools count, as in ``asarray``) with no empty dimension; None otherwise, and
+    for a string or null inside (see above: the caller has ruled those out)."""
+    shape: list[int] = []
+    probe: Any = value
+    for _ in range(rank):
+        if not isinstance(probe, list) or not probe:
+            return None
+        shape.append(len(probe))
+        probe = probe[0]
+    if isinstance(probe, list) or rank == 0:
+        return None
+    try:
+        level: Iterable[Any] = (value,)
+        for depth in range(1, rank):  # every list at each depth has that depth's length
+            level = tuple(chain.from_iterable(level))
+            if set(map(len, level)) != {shape[depth]}:
+                return None
+        leaves = chain.from_iterable(level)
+        # A leaf that is a list or an object raises; one too many or too few cannot happen
+        # once every length is checked, but ``count`` refuses a short one all the same.
+        return np.fromiter(leaves, dtype=np.float64, count=math.prod(shape)).reshape(shape)
+    except (TypeError, ValueError):
+        return None
 
 
 def _parse_npz(body: bytes, max_payload: int) -> Mapping[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -237,3 +239,66 @@ def test_openapi_says_how_integer_io_is_quantized() -> None:
     text = json.dumps(op)
     assert "int8 (scale 0.1, zero point -128)" in text and "float32" in text
     assert "score" in json.dumps(op["responses"]["200"])
+
+
+FLOATS = Signature(inputs=(TensorSpec("x", "float32", (None, None, 3)), TensorSpec("h", "float16", (2,))),
+                   outputs=(TensorSpec("y", "float32", (None,)),))
+leaf = (st.booleans() | st.integers(-(2**53), 2**53)
+        | st.floats(width=64, allow_nan=False) | st.floats(width=32, allow_nan=False))
+
+
+@st.composite
+def nearly_rectangular(draw: st.DrawFn) -> object:
+    """A rectangular nested list of numbers, sometimes spoiled in one place by any JSON value."""
+    shape = draw(st.lists(st.integers(1, 3), min_size=1, max_size=4))
+    value = np.asarray(draw(st.lists(leaf, min_size=math.prod(shape), max_size=math.prod(shape))),
+                       dtype=object).reshape(shape).tolist()
+    if draw(st.booleans()):
+        spot: list[object] = value
+        for _ in range(draw(st.integers(0, len(shape) - 1))):
+            spot = spot[draw(st.integers(0, len(spot) - 1))]  # type: ignore[assignment]
+        i = draw(st.integers(0, len(spot)))
+        spoil = draw(json_values)
+        if i == len(spot):
+            spot.append(spoil)
+        else:
+            spot[i] = spoil
+    return value
+
+
+def _outcome(fn: Callable[[], dict[str, np.ndarray]]) -> object:
+    try:
+        return {k: (v.dtype, v.shape, v.tobytes()) for k, v in fn().items()}
+    except RequestError as err:
+        return err.status, str(err)
+
+
+@settings(max_examples=400, deadline=None)
+@given(x=nearly_rectangular(), h=nearly_rectangular() | json_values)
+def test_the_fast_json_path_answers_exactly_as_numpy_would(x: object, h: object) -> None:
+    # The fast path (np.fromiter over checked lists) against validate_inputs on the parsed
+    # document, which converts with np.asarray: the same arrays, or the same refusal.
+    try:
+        payload = json.dumps({"inputs": {"x": x, "h": h}}).encode()
+    except ValueError:
+        return
+    parsed = json.loads(payload)["inputs"]
+    assert _outcome(lambda: api.parse_request(payload, "application/json", FLOATS)) == \
+        _outcome(lambda: api.validate_inputs(parsed, FLOATS))
+
+
+def test_the_fast_json_path_takes_a_rectangular_image_and_steps_aside_for_anything_else() -> None:
+    image = np.random.default_rng(0).random((1, 96, 96, 3)).tolist()
+    arr = api.rectangular_numbers(image, 4)
+    assert arr is not None and arr.shape == (1, 96, 96, 3) and np.array_equal(arr, np.asarray(image))
+    ragged = [[1.0, 2.0], [3.0, 4.0, 5.0], [6.0]]  # six numbers, as a 3x2 would have
+    assert api.rectangular_numbers(ragged, 2) is None
+    assert api.rectangular_numbers([[1.0, [2.0]]], 2) is None  # a list where a number belongs
+    assert api.rectangular_numbers([[1.0, 2.0]], 3) is None  # shallower than the signature
+    assert api.rectangular_numbers([[[1.0]]], 2) is None  # deeper
+    assert api.rectangular_numbers([[], []], 2) is None  # an empty dimension
+    # A string or null in the body sends the request the slow way, which refuses it by name.
+    for bad in ('"1.5"', "null"):
+        payload = b'{"inputs": {"x": [[[0.5, 1.0, ' + bad.encode() + b']]], "h": [1, 2]}}'
+        with pytest.raises(RequestError, match="'x' must be a rectangular array of numbers"):
+            api.parse_request(payload, "application/json", FLOATS)
