@@ -137,7 +137,7 @@ def answer(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
 
 # -- 1. the server ------------------------------------------------------------------------------
 
-SERVERS = ("agent_server", "uvicorn_h11_inline", "uvicorn_h11_threadpool")
+C8_ROUNDS = 3
 
 
 def bench_server(tmp: Path, n: int, c8_requests: int, rounds: int) -> dict[str, Any]:
@@ -162,9 +162,9 @@ def bench_server(tmp: Path, n: int, c8_requests: int, rounds: int) -> dict[str, 
                  for name, (port, _) in ports.items()}
         samples = interleaved({name: functools.partial(post, conn, body) for name, conn in conns.items()}, n, rounds)
         c8: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
-        for _ in range(2):  # two interleaved rounds; the better one counts (noise only ever slows)
+        for _ in range(C8_ROUNDS):  # interleaved rounds; the best one counts (noise only ever slows)
             for name, (port, _) in ports.items():
-                c8[name].append(load(port, "/predict", [body] * (c8_requests // 2), 8))
+                c8[name].append(load(port, "/predict", [body] * (c8_requests // C8_ROUNDS), 8))
         rss = {name: rss_mb(pid) for name, (_, pid) in ports.items()}
     variants: dict[str, Any] = {}
     reference = answers["agent_server"][1].get("outputs")
@@ -173,7 +173,7 @@ def bench_server(tmp: Path, n: int, c8_requests: int, rounds: int) -> dict[str, 
         best = max(c8[name], key=lambda r: float(r["throughput_rps"]))
         s = ms_stats(samples[name])
         variants[name] = {**s, "overhead_p50_ms": round(s["p50_ms"] - floor_ms["p50_ms"], 4),
-                          "c8_throughput_rps": round(float(best["throughput_rps"]), 1),
+                          "c8_throughput_rps": round(float(best["throughput_rps"]), 1), "c8_rounds": C8_ROUNDS,
                           "c8_p50_ms": round(float(best["p50_ms"]), 4), "c8_p99_ms": round(float(best["p99_ms"]), 4),
                           "c8_errors": sum(int(v) for r in c8[name] for v in r["errors_by_status"].values()),
                           "rss_mb_after": rss[name], "status": status,
