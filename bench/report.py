@@ -312,6 +312,71 @@ def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path
     return file
 
 
+def http_choices_section(name: str, doc: Mapping[str, Any], md: list[str], body: list[str], img_dir: Path) -> None:
+    """bench/http_choices.py in brief: one row per component (ours against the library, the
+    rule's figures and its decision), the server variants over the raw interpreter, and a bar
+    plot of their p50 overhead over that floor.
+
+    Appends to the Markdown lines ``md`` and the HTML pieces ``body``; nothing for another result.
+    """
+    choice: Any = doc.get("choice")
+    if name != "http_choices" or not isinstance(choice, Mapping):
+        return
+    rows: list[Mapping[str, Any]] = []
+    for component in ("server", "client", "metrics"):
+        c = choice.get(component)
+        if not isinstance(c, Mapping):
+            continue
+        figures: Any = c.get("figures") if isinstance(c.get("figures"), Mapping) else {}
+        rows.append({"component": component, "candidate": c.get("candidate", "?"),
+                     "cost_vs_ours": figures.get("cost_ratio"), "c8_throughput_vs_ours": figures.get("throughput_ratio", ""),
+                     "adds_mb": figures.get("added_install_mb"), "import_ms_on_agent": figures.get("import_ms_on_agent"),
+                     "import_rss_mb_on_agent": figures.get("import_rss_mb_on_agent"), "adopt": bool(c.get("adopt"))})
+    server: Any = doc.get("server") if isinstance(doc.get("server"), Mapping) else {}
+    variants: Any = server.get("variants") if isinstance(server.get("variants"), Mapping) else {}
+    floor: Any = server.get("floor") if isinstance(server.get("floor"), Mapping) else {}
+    served: list[Mapping[str, Any]] = [{"variant": v, "p50_ms": r.get("p50_ms"), "over_floor_p50_ms": r.get("overhead_p50_ms"),
+               "p99_ms": r.get("p99_ms"), "c8_throughput_rps": r.get("c8_throughput_rps")}
+              for v, r in variants.items() if isinstance(r, Mapping)]
+    goal: Any = doc.get("goal") if isinstance(doc.get("goal"), Mapping) else {}
+    title = "HTTP and metrics libraries against ours, in brief"
+    decisions = [f"{r['component']}: {choice[r['component']].get('decision', '')}" for r in rows]
+    md += [f"### {title}", "", f"Rule: {goal.get('rule', 'not stated')}", ""]
+    body += [f"<h3>{html.escape(title)}</h3>", f"<p>Rule: {html.escape(str(goal.get('rule', 'not stated')))}</p>"]
+    if rows:
+        md += [md_table(rows), ""]
+        body.append(html_table(rows))
+    if served:
+        floor_line = f"Server variants over the raw interpreter (floor p50 {fmt(floor.get('p50_ms'))} ms):"
+        md += [floor_line, "", md_table(served), ""]
+        body += [f"<p>{html.escape(floor_line)}</p>", html_table(served)]
+    md += [*[f"- {line}" for line in decisions], ""]
+    body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in decisions) + "</ul>")
+    plot = http_choices_plot(served, img_dir)
+    if plot is not None:
+        rel = f"{img_dir.name}/{plot.name}"
+        md += [f"![{plot.stem}]({rel})", ""]
+        body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(plot.stem)}">')
+
+
+def http_choices_plot(served: list[Mapping[str, Any]], img_dir: Path) -> Path | None:
+    """Bars: each server variant's p50 overhead over the raw interpreter (ms)."""
+    points = [(str(r["variant"]), float(r["over_floor_p50_ms"])) for r in served
+              if isinstance(r.get("over_floor_p50_ms"), int | float)]
+    plt = _pyplot()
+    if plt is None or not points:
+        return None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(points) + 2), 3.4))
+    ax.bar(range(len(points)), [y for _, y in points], 0.6, color=[f"C{i}" for i in range(len(points))])
+    for i, (_, y) in enumerate(points):
+        ax.annotate(f"{y:.3f}", (i, y), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(points)))
+    ax.set_xticklabels([label for label, _ in points], fontsize=8)
+    ax.set_ylabel("p50 over the raw interpreter (ms)")
+    ax.set_title("http_choices: per-request overhead of each server at concurrency 1", fontsize=9)
+    return _save(plt, fig, img_dir / "http_choices-server-overhead.png")
+
+
 def fleet_sim_section(name: str, doc: Mapping[str, Any], md: list[str], body: list[str]) -> None:
     """bench/fleet_sim.py in words: each rollout scenario's outcome, and the fleet's traffic and store figures.
 
@@ -427,6 +492,7 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
         lambda_cold_start_section(name, doc, md, body)
         device_startup_section(name, doc, md, body, img_dir)
         fleet_sim_section(name, doc, md, body)
+        http_choices_section(name, doc, md, body, img_dir)
         for img in plots(name, doc, img_dir) + fleet_sim_plots(name, doc, img_dir) + goodput_plots(name, doc, img_dir):
             rel = f"{img_dir.name}/{img.name}"
             md += [f"![{img.stem}]({rel})", ""]
