@@ -9,10 +9,13 @@ placement headers, the error bodies) are the contract's, made by ``bentos.api``.
 keeps the HTTP layer a thin shell and lets the same code run in process for tests and
 benchmarks.
 
-Order of work for a request: parse and validate against the active model's signature
-(4xx without touching the model); gather the facts; decide; run.  A local failure asks the
-router again with ``local_failed``; a cloud failure asks again with the cloud marked
-unusable, so at most three steps (edge, cloud, edge) happen before a 503 with the reason.
+Order of work for a request: check its size; ask the router with what is known before the
+body is read (load, memory, size, mode), and forward it unparsed when that says cloud;
+otherwise parse and validate against the active model's signature (4xx without touching
+the model), ask again with the batch and shapes, and run.  A local failure asks the router
+again with ``local_failed``; a cloud failure asks again with the cloud marked unusable (and
+parses then, if the request is to run here after all), so at most four steps (parse, edge,
+cloud, edge) happen before a 503 with the reason.
 A request answered locally adds its inputs to ``edge.inputs.InputWatch`` (the reports' drift).
 """
 
@@ -162,27 +165,38 @@ class Gateway:
         start = time.monotonic()
         deadline = start + self.request_timeout_s
         model = self.active.get()  # one model for the whole request, even across a swap
-        arrays: dict[str, np.ndarray] | None = None
+        workers = int(getattr(model, "workers", 1) or 1)
         try:
-            if model is not None and len(body) > self.policy.hard_payload_bytes:
-                # Never parsed here (a parsed JSON body is many times its size): forwarded as
-                # it came, or refused, by the router's payload limit.
-                check_size(len(body), self.max_body)
-                facts = RequestFacts(len(body), batch=0)
-            elif model is not None:
-                arrays = parse_request(body, content_type, model.signature, self.max_body)
-                facts = RequestFacts(len(body), batch_size(arrays),
-                                     shapes_fit(getattr(model, "fixed_shapes", {}), arrays))
-            else:
-                check_size(len(body), self.max_body)  # the cloud's limit is its own; this one is ours
-                facts = RequestFacts(len(body), batch=0)
+            check_size(len(body), self.max_body)
         except RequestError as exc:
             self.metrics.observe("edge", exc.status, time.monotonic() - start)
             return error_reply(exc)
-        workers = int(getattr(model, "workers", 1) or 1)
-        decision = decide(facts, self.device_state(model, workers), self.policy)
+        # First what the router can tell before reading the body (load, memory, size, mode):
+        # a request it sends to the cloud on those alone goes as it came, unparsed, so an
+        # overloaded device spends on the requests it forwards only the copy, not a parse
+        # (for JSON, most of a request's cost).  The body is parsed once the route is "edge".
+        facts = RequestFacts(len(body), batch=0)
+        arrays: dict[str, np.ndarray] | None = None
         cloud_failure = ""
-        for _ in range(3):  # edge -> cloud -> edge at most; each step changes a fact
+
+        def state() -> DeviceState:
+            now = self.device_state(model, workers)
+            return replace(now, cloud_usable=False, cloud_problem=cloud_failure) if cloud_failure else now
+
+        decision = decide(facts, state(), self.policy)
+        for _ in range(4):  # parse, edge, cloud, edge at most; each step changes a fact
+            if decision.route == "edge" and model is not None and arrays is None:
+                if len(body) > self.policy.hard_payload_bytes:
+                    break  # never parsed here: a parsed JSON body is many times its size
+                try:
+                    arrays = parse_request(body, content_type, model.signature, self.max_body)
+                except RequestError as exc:
+                    self.metrics.observe("edge", exc.status, time.monotonic() - start)
+                    return error_reply(exc)
+                facts = replace(facts, batch=batch_size(arrays),
+                                shape_ok=shapes_fit(getattr(model, "fixed_shapes", {}), arrays))
+                decision = decide(facts, state(), self.policy)
+                continue
             if decision.route == "edge" and model is not None and arrays is not None:
                 reply = self._local(model, arrays, accept, start, deadline, decision.reason)
                 if reply is not None:
@@ -194,10 +208,7 @@ class Gateway:
                     return reply
             else:
                 break
-            state = self.device_state(model, workers)
-            if cloud_failure:
-                state = replace(state, cloud_usable=False, cloud_problem=cloud_failure)
-            decision = decide(facts, state, self.policy)
+            decision = decide(facts, state(), self.policy)
         return self._reject(decision, cloud_failure, start)
 
     def _local(self, model: ServingModel, arrays: dict[str, np.ndarray], accept: str | None,

@@ -190,6 +190,32 @@ def _forwarded(server: AgentServer, stub: StubCloud, reason: str, x: Any = None)
     assert stub.hits == before + 1
 
 
+def test_a_request_forwarded_for_load_is_not_parsed_here_and_one_that_runs_here_is(
+        make_agent: Callable[..., AgentServer], load: Callable[..., EdgeModel], stub_cloud: StubCloud,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overloaded device spends nothing on what it forwards but the copy: the router's
+    load, memory, size and mode facts decide before the body is read, and the body goes on as
+    it came; parsing starts once the route is this device (here: the cloud failed)."""
+    from bentoedge.edge import gateway
+
+    parsed: list[bytes] = []
+    real_parse = gateway.parse_request
+    monkeypatch.setattr(gateway, "parse_request", lambda body, *a, **k: parsed.append(body) or real_parse(body, *a, **k))
+    busy = make_agent(load("tiny"), cloud=stub_cloud.url, max_inflight=0)
+    body = json.dumps({"inputs": {"x": X}}).encode()
+    status, headers, out = post(busy, body)
+    assert status == 200 and headers[HEADER_REASON] == "overloaded" and parsed == []
+    assert stub_cloud.bodies[-1] == body  # byte for byte what the client sent
+    for mode in ("prefer_cloud", "cloud_only"):
+        assert post(make_agent(load("tiny"), cloud=stub_cloud.url, mode=mode), body)[0] == 200 and parsed == []
+    stub_cloud.mode = "error"  # the cloud fails: the overloaded request now runs here, parsed first
+    status, headers, out = post(busy, body)
+    assert status == 200 and headers[HEADER_SERVED_BY] == "edge" and parsed == [body], out
+    assert headers[HEADER_DEGRADED].startswith("overloaded"), headers
+    status, _, out = post(busy, b'{"inputs": {"x": "not an array"}}')  # and is judged here
+    assert status == 422 and b"rectangular array" in out, out
+
+
 def test_each_fallback_reason_forwards_and_says_so(make_agent: Callable[..., AgentServer],
                                                    load: Callable[..., EdgeModel], stub_cloud: StubCloud) -> None:
     url = stub_cloud.url
