@@ -213,6 +213,7 @@ def pool_vs_lock(sealed: SealedModel, keyring: Keyring, x: np.ndarray, per_threa
 MAX_OFFERED_RPS = 600.0
 OVERLOAD_BATCH = 16  # images per request, so the model (not the load generator) is the bottleneck
 OVERLOAD_BUDGET_MS = 100.0  # the device's latency budget (config latency_budget_ms): an interactive answer
+OVERLOAD_FORWARD_SLACK = 0.05  # the goal: forward at most the excess over capacity plus 5 points
 
 
 class _SlowCloud(BaseHTTPRequestHandler):
@@ -298,9 +299,16 @@ def overload(sealed: SealedModel, keyring: Keyring, keys_home: Path, x: np.ndarr
     prefer = out["prefer_edge"]
     excess = max(0.0, 1.0 - capacity_rps / prefer["offered_rps"])
     p99 = prefer.get("latency_ms", {}).get("p99", float("inf"))
+    # What each mode answered here, per second: edge_only's is the device's own capacity under
+    # this very load (the load generator and the cloud stand-in share its two cores), beside
+    # the capacity one quiet client measured; prefer_edge's should reach it.
+    for mode in ("edge_only", "prefer_edge"):
+        r = out[mode]
+        r["local_rps"] = round((r["ok"] - round(r["offload_fraction"] * r["sent"])) / seconds, 2)
     out["goal"] = {"latency_budget_ms": OVERLOAD_BUDGET_MS, "excess_fraction": round(excess, 4),
+                   "forward_slack": OVERLOAD_FORWARD_SLACK,
                    "prefer_edge_p99_within_budget": p99 <= OVERLOAD_BUDGET_MS,
-                   "prefer_edge_forwards_at_most_excess": prefer["offload_fraction"] <= excess + 0.02}
+                   "prefer_edge_forwards_at_most_excess": prefer["offload_fraction"] <= excess + OVERLOAD_FORWARD_SLACK}
     return out
 
 
