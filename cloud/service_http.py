@@ -250,7 +250,8 @@ class ContractMiddleware:
             name, value = k.decode("latin-1").lower(), v.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         body = b""
-        if credentials(headers) == "signature":
+        signed = credentials(headers) == "signature"
+        if signed:
             try:
                 length = declared_length(method, headers.get("content-length"), headers.get("transfer-encoding"),
                                          self.max_payload)
@@ -266,8 +267,10 @@ class ContractMiddleware:
             await _send_asgi(send, refusal(verdict))
             return None
         scope[PRINCIPAL_KEY] = verdict.principal  # who it is, for routes that act on it (fleet reports)
-        if not body:
+        if not signed:
             return receive
+        # The body was read here, even an empty one: the app must be handed it again, or its
+        # read would wait on a request that has nothing more to send (a signed empty POST hung).
         sent = False
 
         async def replay() -> Message:
