@@ -9,6 +9,9 @@ for it), JSON or .npz in and out, the x-bentoedge-* placement headers, and every
   the document BentoML serves at /docs.json (``cloud.service``).
 - ``device_document`` is the whole document the device agent serves (``edge.server``),
   the same paths plus the agent's health and status routes.
+- ``fleet_reports_operation`` is the cloud's ``POST /fleet/reports``, where devices post
+  their signed reports (``bentos.fleet_report``, ``cloud.fleet.intake``); the BentoML
+  service adds it to its document (``cloud.service_http.service_paths``).
 
 What legitimately differs is a parameter: ``served_by`` lists where a server's answers
 may come from (the device forwards, so ``edge`` or ``cloud``; the cloud only ``cloud``).
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bentoedge.bentos import fleet_report as rp
 from bentoedge.bentos.api import (
     HEADER_DEGRADED,
     HEADER_MODEL,
@@ -53,11 +57,15 @@ def _text(t: TensorSpec) -> str:
             "send and receive float32, quantized at the boundary")
 
 
-def _error(description: str, field: str = "input") -> dict[str, Any]:
-    """An error answer: ``{"error", "input"}`` for a 4xx, ``{"error", "reason"}`` for a 503."""
+def _error(description: str, field: str = "input", required: bool | None = None) -> dict[str, Any]:
+    """An error answer: ``{"error", "input"}`` for a 4xx, ``{"error", "reason"}`` for a 503.
+
+    ``field`` is the answer's second member, required when ``required`` says so (by default
+    only a 503's ``reason`` is: an error names an input only when one is at fault).
+    """
     # Built fresh each time: a caller may edit its document, and must not edit the next one.
-    required = ["error", "reason"] if field == "reason" else ["error"]
-    schema = {"type": "object", "required": required,
+    names = ["error", field] if (field == "reason" if required is None else required) else ["error"]
+    schema = {"type": "object", "required": names,
               "properties": {"error": {"type": "string"}, field: {"type": "string"}}}
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
@@ -125,13 +133,65 @@ def device_document(signature: Signature | None, version: str) -> dict[str, Any]
                  "description": "The bentoedge prediction API, served on the device; the same /predict as the cloud."},
         "paths": {
             **prediction_paths(signature, ("edge", "cloud")),
-            "/livez": {"get": {"summary": "the process is up", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "a model is active, or the cloud is usable in this mode",
+            "/livez": {"get": {"tags": [TAG], "summary": "the process is up",
+                               "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"tags": [TAG], "summary": "a model is active, or the cloud is usable in this mode",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text exposition",
+            "/metrics": {"get": {"tags": [TAG], "summary": "Prometheus text exposition",
                                  "responses": {"200": {"description": "metrics"}}}},
-            "/status": {"get": {"summary": "active version, last sync, counts, latency, fallback reasons",
+            "/status": {"get": {"tags": [TAG], "summary": "active version, last sync, counts, latency, fallback reasons",
                                 "responses": {"200": {"description": "status JSON"},
                                               "401": {"description": "send the local token (STATE/api.token)"}}}},
         },
     }
+
+
+def fleet_reports_operation() -> dict[str, Any]:
+    """The POST operation of /fleet/reports: a device's signed report envelope in, stored or refused.
+
+    What it answers is ``cloud.fleet.intake.FleetIntake.receive``'s, behind the service's
+    authentication (``cloud.auth``) and framing check (``bentos.api.declared_length``).
+    """
+    b64 = "(standard base64, padded)"
+    device_id = rp.DEVICE_ID_RE.pattern.removesuffix("\\Z") + "$"  # JSON Schema patterns end with $
+    envelope = {
+        "type": "object", "additionalProperties": False,
+        "required": ["format", "alg", "device_id", "payload", "signature"],
+        "properties": {
+            "format": {"type": "string", "enum": [rp.ENVELOPE_FORMAT]},
+            "alg": {"type": "string", "enum": ["ed25519"]},
+            "device_id": {"type": "string", "pattern": device_id,
+                          "description": "the device the report is from; the report inside names it too"},
+            "payload": {"type": "string", "format": "byte",
+                        "description": f"the report, {rp.FORMAT}, as canonical JSON bytes {b64}; "
+                                       f"at most {rp.MAX_REPORT_BYTES} bytes (and the whole envelope at most "
+                                       f"{rp.MAX_ENVELOPE_BYTES})"},
+            "signature": {"type": "string", "format": "byte",
+                          "description": f"Ed25519 signature {b64}, 64 bytes, by the device's identity key over "
+                                         f"{rp.DOMAIN.decode()!r} followed by the payload bytes"}}}
+    stored = {"type": "object", "required": ["stored", "device_id", "seq"],
+              "properties": {"stored": {"type": "boolean"}, "device_id": {"type": "string"},
+                             "seq": {"type": "integer"}}}
+    return {
+        "tags": [TAG],
+        "summary": "A device's signed report (fleet status, health, drift) for the fleet store",
+        "description": (
+            "The request is signed by an enrolled device (RFC 9421: Signature, Signature-Input, "
+            "Content-Digest), and the report inside is signed again by the same identity key, so it proves "
+            "its device wherever it is kept. Stored when its seq is above the stored report's; a replay or "
+            f"a late report is answered {{\"stored\": false}}. At most {rp.MAX_ENVELOPE_BYTES} bytes, "
+            "with a Content-Length."),
+        "requestBody": {"required": True, "content": {JSON: {"schema": envelope}}},
+        "responses": {
+            "200": {"description": "checked; stored, or not (a replay or late)", "content": {JSON: {"schema": stored}}},
+            "400": _error("a malformed Content-Length, envelope or report, or a report sent over a day "
+                          "away from the service's clock", "reason", required=False),
+            "401": _error("no usable device signature (none, malformed, stale, replayed, or over another body)"),
+            "403": _error("not an enrolled device: an API key, authentication off, an unknown or revoked key, "
+                          "an envelope signature that does not verify, a device id another key reports under",
+                          "reason", required=False),
+            "404": _error("this service keeps no fleet store (BENTOEDGE_FLEET=off)"),
+            "411": _error("no Content-Length (or a chunked body)"),
+            "413": _error(f"over {rp.MAX_ENVELOPE_BYTES} bytes"),
+            "503": _error("cannot be taken now (the service is starting, or too many signed requests); "
+                          "retry after Retry-After", field="reason")}}

@@ -68,6 +68,7 @@ from bentoedge.bentos.api import (
 )
 from bentoedge.bentos.auth import Verdict, credentials
 from bentoedge.bentos.errors import BentoEdgeError, NotFoundError, RequestError, UnavailableError
+from bentoedge.bentos.openapi import TAG
 from bentoedge.bentos.sealed import SealedModel
 from bentoedge.cloud.auth import OPEN_PATHS, Gate, gate_from_env, refusal
 from bentoedge.cloud.service_core import CloudSettings
@@ -244,10 +245,12 @@ def openapi_document(signature: Any, version: str) -> dict[str, Any]:
 
     health = {
         "/livez": {
-            "get": {"summary": "the function runs", "responses": {"200": {"description": "alive"}}}
+            "get": {"tags": [TAG], "summary": "the function runs",
+                    "responses": {"200": {"description": "alive"}}}
         },
         "/readyz": {
             "get": {
+                "tags": [TAG],
                 "summary": "the model is open and passed its golden samples",
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
             }

@@ -53,7 +53,7 @@ from bentoedge.bentos.auth import credentials
 from bentoedge.bentos.errors import RequestError, UnavailableError
 from bentoedge.bentos.fleet_report import MAX_ENVELOPE_BYTES
 from bentoedge.bentos.manifest import Signature
-from bentoedge.bentos.openapi import TAG, prediction_paths
+from bentoedge.bentos.openapi import TAG, fleet_reports_operation, prediction_paths
 from bentoedge.cloud.auth import OPEN_PATHS, Gate, refusal
 from bentoedge.cloud.fleet.intake import PATH as FLEET_PATH
 from bentoedge.cloud.fleet.intake import PRINCIPAL_KEY
@@ -171,12 +171,18 @@ async def _call_batched(batch_infer: Callable[..., Awaitable[Any]], api_name: st
 
 
 def openapi_paths(signature: Signature | None) -> dict[str, Any]:
-    """The contract's routes for the OpenAPI document BentoML serves (merged by ``cloud.service``)."""
+    """The contract's routes, as every cloud front documents them (also ``cloud.aws_lambda``'s)."""
     return {
         **prediction_paths(signature, ("cloud",)),
         "/ping": {"get": {"tags": [TAG], "summary": "SageMaker health check: 200 once the golden samples passed",
                           "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
     }
+
+
+def service_paths(signature: Signature | None) -> dict[str, Any]:
+    """What this service adds to the document BentoML serves: the contract's routes and the
+    fleet intake, which only this front serves (the Lambda handler keeps no fleet store)."""
+    return {**openapi_paths(signature), FLEET_PATH: {"post": fleet_reports_operation()}}
 
 
 class ContractMiddleware:
@@ -190,10 +196,10 @@ class ContractMiddleware:
     to the app as it came.
 
     Two answers are BentoML's, not this module's: /docs.json, which gains the contract's
-    routes (``openapi_paths``, the same text as the device's), and the plain-text 404/405
-    of its router for a path or method nobody serves, which become the contract's JSON
-    (``bentos.api.not_found``, ``method_not_allowed``), as the device answers them.  Every
-    other answer passes through unbuffered.
+    routes and the fleet intake (``service_paths``; the contract's text is the device's),
+    and the plain-text 404/405 of its router for a path or method nobody serves, which
+    become the contract's JSON (``bentos.api.not_found``, ``method_not_allowed``), as the
+    device answers them.  Every other answer passes through unbuffered.
     """
 
     def __init__(self, app: ASGIApp, signature: Callable[[], Signature | None] = lambda: None,
@@ -250,7 +256,8 @@ class ContractMiddleware:
             name, value = k.decode("latin-1").lower(), v.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         body = b""
-        if credentials(headers) == "signature":
+        signed = credentials(headers) == "signature"
+        if signed:
             try:
                 length = declared_length(method, headers.get("content-length"), headers.get("transfer-encoding"),
                                          self.max_payload)
@@ -266,8 +273,10 @@ class ContractMiddleware:
             await _send_asgi(send, refusal(verdict))
             return None
         scope[PRINCIPAL_KEY] = verdict.principal  # who it is, for routes that act on it (fleet reports)
-        if not body:
+        if not signed:
             return receive
+        # The body was read here, even an empty one: the app must be handed it again, or its
+        # read would wait on a request that has nothing more to send (a signed empty POST hung).
         sent = False
 
         async def replay() -> Message:
@@ -292,7 +301,7 @@ class ContractMiddleware:
         if start["status"] == 200:  # /docs.json
             try:
                 doc = json.loads(body)
-                doc.setdefault("paths", {}).update(openapi_paths(self.signature()))
+                doc.setdefault("paths", {}).update(service_paths(self.signature()))
                 body = json.dumps(doc).encode()
             except (ValueError, AttributeError):
                 pass  # not JSON: pass BentoML's answer through untouched

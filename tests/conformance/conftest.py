@@ -1,4 +1,4 @@
-"""The two servers the contract table runs against, each as a ``contract_cases.Server``.
+"""The servers the contract table and the fuzzer run against, each as a ``contract_cases.Server``.
 
 - ``edge_server``: a real device agent (``edge.server.AgentServer``) on loopback, serving
   the committed LiteRT ``tiny`` model, with no cloud (every answer is its own); made with
@@ -6,13 +6,18 @@
 - ``cloud_server``: one real ``bentoml serve`` of the cloud service for the session,
   serving a tiny sealed ONNX model (``service_support.seal_tiny``), started the way
   tests/cloud/conftest.py starts its own.
+- ``lambda_server``: the AWS Lambda handler (``cloud.aws_lambda.LambdaHandler``) in this
+  process, with the same kind of model under its own name, authentication off; called with
+  events built by ``lambda_support`` (session).
 
-Both run with the body limit ``contract_cases.LIMIT``.
+All run with the body limit ``contract_cases.LIMIT``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from api_support import keyring, load, make_agent  # noqa: F401
@@ -48,3 +53,25 @@ def cloud_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server("cloud", port, Model("contract", "v1", "x", 64, "probs", 10))
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def lambda_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Server]:
+    """The handler (a ``LambdaHandler``) and what it serves; its model opens on the first event."""
+    pytest.importorskip("bentoml")  # the model store the model is sealed into
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from service_support import seal_tiny
+
+    from bentoedge.cloud.aws_lambda import LambdaHandler
+
+    # Its own name, so it does not collide with the cloud server's "contract" in the same store.
+    sealed = seal_tiny(tmp_path_factory.mktemp("contract-lambda-home"), name="contract-lambda")
+    env = {
+        **os.environ,
+        "BENTOEDGE_MODEL": sealed.tag,
+        "BENTOEDGE_HOME": str(sealed.home),
+        "BENTOEDGE_MAX_PAYLOAD": str(LIMIT),
+        "BENTOEDGE_AUTH": "off",
+    }
+    return LambdaHandler(env=env), Server("cloud", 0, Model("contract-lambda", "v1", "x", 64, "probs", 10))
