@@ -43,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench._common import write_result  # noqa: E402
+from bench._common import stop_process, write_result  # noqa: E402
 from bentoedge.bentos.keystore import LocalKeys  # noqa: E402
 from bentoedge.bentos.manifest import Signature, TensorSpec  # noqa: E402
 from bentoedge.bentos.recipients import KekRecipient, Keyring  # noqa: E402
@@ -162,12 +162,7 @@ def agent_process(sealed: SealedModel, keys_home: Path, **settings: Any) -> Iter
             raise RuntimeError(f"the agent process did not start (exit {proc.poll()}): {line!r}")
         yield int(line.split()[1])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def run_peer(tflite: Path, body: bytes, n: int, log: Path) -> list[float]:
@@ -305,7 +300,14 @@ def overload(sealed: SealedModel, keyring: Keyring, keys_home: Path, x: np.ndarr
     for mode in ("edge_only", "prefer_edge"):
         r = out[mode]
         r["local_rps"] = round((r["ok"] - round(r["offload_fraction"] * r["sent"])) / seconds, 2)
+    # The excess over what edge_only answered under the same load: on a machine whose cores the
+    # load generator and the cloud stand-in share, the capacity one quiet client measured is
+    # more than the device can do while it is being hammered, so this is the fairer bar.
+    under_load = max(0.0, 1.0 - out["edge_only"]["local_rps"] / prefer["offered_rps"])
     out["goal"] = {"latency_budget_ms": OVERLOAD_BUDGET_MS, "excess_fraction": round(excess, 4),
+                   "excess_under_load_fraction": round(under_load, 4),
+                   "prefer_edge_forwards_at_most_excess_under_load":
+                       prefer["offload_fraction"] <= under_load + OVERLOAD_FORWARD_SLACK,
                    "forward_slack": OVERLOAD_FORWARD_SLACK,
                    "prefer_edge_p99_within_budget": p99 <= OVERLOAD_BUDGET_MS,
                    "prefer_edge_forwards_at_most_excess": prefer["offload_fraction"] <= excess + OVERLOAD_FORWARD_SLACK}

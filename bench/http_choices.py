@@ -57,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ROOT / "tests" / "data" / "sync_tiny_fp32.tflite"
 
-from bench._common import write_result  # noqa: E402
+from bench._common import stop_process, write_result  # noqa: E402
 from bench.cloud_serving import load  # noqa: E402
 from bench.edge_serving import floor, seal_for_device, stats  # noqa: E402
 from bench.http_choices_rule import RULE, choose, ratio  # noqa: E402
@@ -98,12 +98,7 @@ def serving(cmd: list[str]) -> Iterator[tuple[int, int]]:
             raise RuntimeError(f"{' '.join(cmd[:4])} did not start (exit {proc.poll()}): {line!r}")
         yield int(line.split()[1]), proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def rss_mb(pid: int) -> float | None:

@@ -281,9 +281,14 @@ def device_startup_section(name: str, doc: Mapping[str, Any], md: list[str], bod
     body.append(f"<h3>{title}</h3><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
     img = _device_startup_plot(models, img_dir)
     if img is not None:
-        rel = f"{img_dir.name}/{img.name}"
-        md += [f"![{img.stem}]({rel})", ""]
-        body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')
+        embed_image(img, img_dir, md, body)
+
+
+def embed_image(img: Path, img_dir: Path, md: list[str], body: list[str]) -> None:
+    """Show a plot in both reports, by its path relative to the report."""
+    rel = f"{img_dir.name}/{img.name}"
+    md += [f"![{img.stem}]({rel})", ""]
+    body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')
 
 
 def _device_startup_plot(models: list[Mapping[str, Any]], img_dir: Path) -> Path | None:
@@ -354,9 +359,7 @@ def http_choices_section(name: str, doc: Mapping[str, Any], md: list[str], body:
     body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in decisions) + "</ul>")
     plot = http_choices_plot(served, img_dir)
     if plot is not None:
-        rel = f"{img_dir.name}/{plot.name}"
-        md += [f"![{plot.stem}]({rel})", ""]
-        body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(plot.stem)}">')
+        embed_image(plot, img_dir, md, body)
 
 
 def http_choices_plot(served: list[Mapping[str, Any]], img_dir: Path) -> Path | None:
@@ -494,9 +497,7 @@ def render(results: Mapping[str, Mapping[str, Any]], out_dir: Path) -> tuple[Pat
         fleet_sim_section(name, doc, md, body)
         http_choices_section(name, doc, md, body, img_dir)
         for img in plots(name, doc, img_dir) + fleet_sim_plots(name, doc, img_dir) + goodput_plots(name, doc, img_dir):
-            rel = f"{img_dir.name}/{img.name}"
-            md += [f"![{img.stem}]({rel})", ""]
-            body.append(f'<img src="{html.escape(rel)}" alt="{html.escape(img.stem)}">')
+            embed_image(img, img_dir, md, body)
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     md_path.write_text("\n".join(md) + "\n")
     style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
