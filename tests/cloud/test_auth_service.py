@@ -64,6 +64,10 @@ def world(tiny_sealed: TinySealed, tmp_path_factory: pytest.TempPathFactory) -> 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, timeout=90, proc=proc, log=log)
+        # Ready means one worker answers; the replay tests need both, each of which logs its gate.
+        deadline = time.monotonic() + 90
+        while log.read_text().count("authentication on") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         yield World(url, port, ch, keys, a, b, stranger, log, tmp)
     finally:
         stop_server(proc)
