@@ -105,8 +105,11 @@ def parse_request(body: bytes, content_type: str | None, signature: Signature,
     if kind in (NPZ, "application/octet-stream"):
         raw = _parse_npz(body, max_payload)
     elif kind in (JSON, "text/json", ""):
-        doc, fast = _parse_json(body)
-        raw = _numeric_inputs_as_arrays(body, doc, signature) if fast else doc["inputs"]
+        doc, by_orjson = _parse_json(body)
+        raw = doc["inputs"]
+        if by_orjson:
+            exact = _arrays_unless_rounded(_numeric_inputs_as_arrays(body, doc, signature), signature)
+            raw = exact if exact is not None else _parse_json(body, orjson_first=False)[0]["inputs"]
     else:
         raise RequestError(f"unsupported content type {kind!r}; use {JSON} or {NPZ}", status=415)
     return validate_inputs(raw, signature)
@@ -126,11 +129,11 @@ def json_dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _parse_json(body: bytes) -> tuple[Mapping[str, Any], bool]:
-    """The request document, and whether orjson read it (then every integer in it fits 64 bits
-    and there is no NaN token: what ``_numeric_inputs_as_arrays`` relies on)."""
+def _parse_json(body: bytes, orjson_first: bool = True) -> tuple[Mapping[str, Any], bool]:
+    """The request document, and whether orjson read it (then there is no NaN token, what
+    ``_numeric_inputs_as_arrays`` relies on; see ``_arrays_unless_rounded`` for integers)."""
     doc = None
-    if _orjson is not None:
+    if _orjson is not None and orjson_first:
         try:
             doc = _orjson.loads(body)
         except ValueError:
@@ -148,6 +151,32 @@ def _parse_json(body: bytes) -> tuple[Mapping[str, Any], bool]:
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
         raise RequestError("the request must be a JSON object with an \"inputs\" object mapping input names to arrays")
     return doc, by_orjson
+
+
+#: orjson reads an integer below -2**63 or above 2**64 - 1 as the nearest double, where the
+#: standard parser keeps it exact (and numpy then refuses it); any such double is this large.
+_ROUNDED_INTEGER_MAGNITUDE = 2.0 ** 63
+
+
+def _arrays_unless_rounded(inputs: Mapping[str, Any], signature: Signature) -> dict[str, Any] | None:
+    """``inputs`` (as orjson read them) with each of the signature's numeric inputs as the
+    array ``np.asarray`` makes of it, or None when one may hold an integer orjson rounded:
+    then the body must be read again by the standard parser, or a 64-bit input could be fed
+    -2**63 for -2**63 - 1 (hypothesis found the difference).  A value ``asarray`` cannot
+    convert is left as it is, for ``validate_inputs`` to refuse the same way either way."""
+    out = dict(inputs)
+    for spec in signature.inputs:
+        value = inputs.get(spec.name)
+        if value is None:
+            continue
+        try:
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        except (ValueError, TypeError):
+            continue
+        if arr.dtype.kind == "f" and arr.size and float(np.max(np.abs(arr))) >= _ROUNDED_INTEGER_MAGNITUDE:
+            return None
+        out[spec.name] = arr
+    return out
 
 
 def _numeric_inputs_as_arrays(body: bytes, doc: Mapping[str, Any], signature: Signature) -> Mapping[str, Any]:

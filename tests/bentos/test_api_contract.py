@@ -243,7 +243,7 @@ def test_openapi_says_how_integer_io_is_quantized() -> None:
 
 FLOATS = Signature(inputs=(TensorSpec("x", "float32", (None, None, 3)), TensorSpec("h", "float16", (2,))),
                    outputs=(TensorSpec("y", "float32", (None,)),))
-leaf = (st.booleans() | st.integers(-(2**53), 2**53)
+leaf = (st.booleans() | st.integers(-(2**53), 2**53) | st.integers(-(2**70), 2**70)
         | st.floats(width=64, allow_nan=False) | st.floats(width=32, allow_nan=False))
 
 
@@ -285,6 +285,21 @@ def test_the_fast_json_path_answers_exactly_as_numpy_would(x: object, h: object)
     parsed = json.loads(payload)["inputs"]
     assert _outcome(lambda: api.parse_request(payload, "application/json", FLOATS)) == \
         _outcome(lambda: api.validate_inputs(parsed, FLOATS))
+
+
+@pytest.mark.parametrize("big", [-(2**63) - 1, 2**64, -(2**70), 10**30])
+def test_an_integer_past_64_bits_is_never_rounded_into_range(big: int) -> None:
+    # orjson reads such an integer as the nearest double: for -2**63 - 1 that is -2**63, a
+    # valid int64.  The standard parser keeps it exact and numpy refuses it; so must we.
+    ints = Signature(inputs=(TensorSpec("n", "int64", (None,)),), outputs=(TensorSpec("y", "float32", (None,)),))
+    payload = json.dumps({"inputs": {"n": [1, big]}}).encode()
+    with pytest.raises(RequestError) as err:
+        api.parse_request(payload, "application/json", ints)
+    assert err.value.status == 422
+    for x in ([[[1.0, 2.0, big]]], [[[big, big, big]]]):
+        payload = json.dumps({"inputs": {"x": x, "h": big}}).encode()
+        assert _outcome(lambda p=payload: api.parse_request(p, "application/json", FLOATS)) == \
+            _outcome(lambda p=payload: api.validate_inputs(json.loads(p)["inputs"], FLOATS))
 
 
 def test_the_fast_json_path_takes_a_rectangular_image_and_steps_aside_for_anything_else() -> None:
