@@ -162,10 +162,10 @@ def soak(r: Results) -> Row:
     dev, cl = d["device"], d["cloud"]
     return (f"soak at concurrency {d['concurrency']}, {d['seconds_each'] / 60:.0f} minutes each: device / cloud",
             f"{dev['answered']:,} / {cl['answered']:,} answered, {dev['errors']} / {cl['errors']} errors; "
-            f"p99 drift {dev['p99_drift_pct']:.1f} / {cl['p99_drift_pct']:.1f} %, RSS growth "
+            f"p99 drift (median window) {dev['p99_drift_pct']:.1f} / {cl['p99_drift_pct']:.1f} %, RSS growth "
             f"{dev['rss_growth_pct']:.2f} / {cl['rss_growth_pct']:.2f} %",
             f"goal under 5 % after warm-up: device {_met(all(dev['goal_met'].values()))}, cloud "
-            f"{_met(all(cl['goal_met'].values()))} (the cloud shed {cl['shed_503']:,} in episodes that recovered)")
+            f"{_met(all(cl['goal_met'].values()))} (the cloud's latency budget shed {cl['shed_503']:,})")
 
 
 def auth(r: Results) -> Row:

@@ -6,7 +6,8 @@ script records the window's answered requests, errors, p99 and the server's RSS 
 process; for ``bentoml serve``, its whole process group).  After a warm-up of the first
 ``WARMUP_WINDOWS`` windows it reports: errors (goal 0; a 503 the cloud's latency budget sheds
 is counted apart, as ``shed_503``), p99 drift (the last quarter of the
-windows against the first quarter after warm-up) and RSS growth over the same span, each
+windows against the first quarter after warm-up, median window of each; the mean's drift is
+kept beside it) and RSS growth over the same span (the server's whole process tree), each
 with a goal under 5 %.  The model is the digits example (its int8 TFLite on the device, its
 fp32 ONNX in the cloud).  Writes bench/results/soak.json.
 
@@ -50,16 +51,25 @@ def _rss_mb(pids: list[int]) -> float:
     return total / 1024.0
 
 
-def _group(pgid: int) -> list[int]:
-    """Every process of group ``pgid`` (a ``bentoml serve`` and its workers)."""
-    out = []
+def _tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (``bentoml serve``, its arbiter's workers).
+
+    By parent links, not by process group: a server may move its workers into groups of their
+    own, and then a group count would see only the parent's RSS and call a leak flat."""
+    parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    out.append(int(entry.name))
-            except OSError:
+                # ppid is the 2nd field after the ")" that closes the command name
+                ppid = int(Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
     return out
 
 
@@ -118,16 +128,29 @@ def _summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
     quarter = max(1, len(steady) // 4)
     first, last = steady[:quarter], steady[-quarter:]
 
+    def values(rows: list[dict[str, Any]], key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key) is not None]
+
     def mean(rows: list[dict[str, Any]], key: str) -> float:
-        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        vals = values(rows, key)
         return sum(vals) / len(vals) if vals else float("nan")
 
-    p99_drift = 100.0 * (mean(last, "p99_ms") / mean(first, "p99_ms") - 1.0)
+    def median(rows: list[dict[str, Any]], key: str) -> float:
+        vals = values(rows, key)
+        return float(np.median(vals)) if vals else float("nan")
+
+    # The goal is judged on the median window of each quarter: a server that degrades moves
+    # its typical window, while a neighbour's burst on a shared machine (one or two windows
+    # of a few hundred ms, seen on both servers at once) moves only the mean.  Both are kept.
+    p99_drift = 100.0 * (median(last, "p99_ms") / median(first, "p99_ms") - 1.0)
+    p99_drift_of_means = 100.0 * (mean(last, "p99_ms") / mean(first, "p99_ms") - 1.0)
     rss_growth = 100.0 * (mean(last, "rss_mb") / mean(first, "rss_mb") - 1.0)
     errors = sum(int(w["errors"]) for w in windows)
     shed = sum(int(w.get("shed_503", 0)) for w in windows)
     answered = sum(int(w["answered"]) for w in windows)
     return {"answered": answered, "errors": errors, "shed_503": shed, "p99_drift_pct": round(p99_drift, 2),
+            "p99_drift_of_means_pct": round(p99_drift_of_means, 2),
+            "rss_first_mb": round(mean(first, "rss_mb"), 2), "rss_last_mb": round(mean(last, "rss_mb"), 2),
             "rss_growth_pct": round(rss_growth, 2),
             "goal_met": {"zero_errors": errors == 0, "p99_drift": abs(p99_drift) < GOAL_PCT,
                          "rss_growth": rss_growth < GOAL_PCT}}
@@ -179,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_ready(f"http://127.0.0.1:{port}", timeout=180, proc=server, log=log)
             print(f"cloud: {seconds:.0f} s at concurrency {CONCURRENCY}", flush=True)
-            result["cloud"] = soak(port, body, "application/json", lambda: _group(server.pid), seconds)
+            result["cloud"] = soak(port, body, "application/json", lambda: _tree(server.pid), seconds)
         finally:
             stop_server(server)
     for side in ("device", "cloud"):
