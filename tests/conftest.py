@@ -52,6 +52,15 @@ os.environ["TMPDIR"] = tempfile.tempdir = str(_SESSION_TMP / "tmp")
 SERVER_START_TIMEOUT = 60.0
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``longest`` first, the rest in their usual order.
+
+    With ``-n 2`` (pytest-xdist) the suite ends when its slowest worker does; the demo test
+    alone takes minutes, so started last it would leave the other worker idle that long.
+    The order is the same in every worker, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 

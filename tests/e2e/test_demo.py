@@ -14,6 +14,8 @@ pytest.importorskip("tensorflow")
 
 
 @pytest.mark.slow
+@pytest.mark.longest
+@pytest.mark.timeout(900)  # two whole demos, each under its own 600 s bound, on a busy machine
 def test_demo_runs_end_to_end_and_again_over_its_leftovers(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOEDGE_HOME": str(tmp_path / "home"), "BENTOML_HOME": str(tmp_path / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true", "COLUMNS": "120"}

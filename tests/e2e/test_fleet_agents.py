@@ -99,6 +99,7 @@ def _predict(port: int) -> str:
         return str(json.loads(r.read())["model"]["version"])
 
 
+@pytest.mark.longest
 def test_ten_agents_a_wave_rollout_then_an_abort_that_rolls_back(tmp_path: Path, aws_env: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
