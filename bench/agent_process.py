@@ -34,6 +34,7 @@ from bentoedge.bentos.sealed import SealedModel  # noqa: E402
 from bentoedge.edge.active import ActiveModel  # noqa: E402
 from bentoedge.edge.config import AgentConfig, Limits, Mode  # noqa: E402
 from bentoedge.edge.runtime import load_edge_model  # noqa: E402
+from bentoedge.edge.server import freeze_start_up_heap  # noqa: E402
 from bentoedge.edge.wiring import wire  # noqa: E402
 
 BENCH_LIMITS: dict[str, Any] = {"max_batch": 64, "max_payload_bytes": 16 << 20, "max_inflight": 64,
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with wire(config, active=ActiveModel(model), sync=False, serve=True) as wired:
         wired.server.start()
+        freeze_start_up_heap()  # as agent run does
         print(f"ready {wired.server.port}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -265,6 +265,9 @@ def run(config_path: Path | None, port: int | None) -> None:
     with wiring as wired:
         wired.agent.start_up()
         wired.server.start()
+        from bentoedge.edge.server import freeze_start_up_heap
+
+        freeze_start_up_heap()
         click.echo(f"serving on {wired.server.url}", err=True)
         loop = threading.Thread(target=wired.agent.run_forever, args=(stop, wake), name="bentoedge-sync", daemon=True)
         loop.start()

@@ -25,6 +25,7 @@ Anything unexpected becomes a one-line 500 for that request only; the server kee
 
 from __future__ import annotations
 
+import gc
 import hmac
 import io
 import ipaddress
@@ -381,3 +382,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
+
+
+def freeze_start_up_heap() -> None:
+    """Move every object alive now out of the cyclic garbage collector's sight (``gc.freeze``).
+
+    For a process that owns itself (``agent run``), called once it has loaded its model and
+    started serving.  Why: a JSON request for a 96x96x3 image allocates some 9,000 lists, so
+    the collector runs its full pass every few requests, and that pass walked the start-up
+    heap (about 52,000 objects: modules, numpy, the runtime's wrappers) each time; the p99 of
+    such requests fell from 48 ms to 10 ms.  Objects frozen here are still freed by reference
+    counting (an old model's interpreter included); only cycles among them would stay, and a
+    start-up heap is not garbage.  Never called from a library or a test process, whose heap
+    is not its own to freeze."""
+    gc.collect()
+    gc.freeze()
